@@ -1,0 +1,79 @@
+//! The `densessl` command: a thin layer over the library, one file per subcommand.
+
+mod data;
+mod eval;
+mod finetune;
+mod pretrain;
+mod quickstart;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use densessl::device::DeviceSpec;
+
+/// Self-supervised pre-training for dense prediction: pretext task → encoder → segmentation mIoU.
+#[derive(Parser)]
+#[command(name = "densessl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pre-train an encoder with a pretext task (e.g. moco-v2).
+    Pretrain(pretrain::PretrainArgs),
+    /// Fine-tune a segmentation model, optionally from a pre-trained encoder.
+    Finetune(finetune::FinetuneArgs),
+    /// Evaluate a fine-tuned model: mIoU, pixel accuracy, per-class IoU.
+    Eval(eval::EvalArgs),
+    /// Pre-train MoCo v2 briefly on built-in scenes and compare fine-tuning from it vs random init.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Dataset tools.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+}
+
+/// Options every run command shares.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Run directory (default: runs/<command>-<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Compute device: cpu, vulkan[:N] or cuda[:N] (the latter two need the matching Cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl RunArgs {
+    /// The run directory and device.
+    pub fn resolve(&self, command: &str) -> Result<(PathBuf, DeviceSpec)> {
+        let out = self.out.clone().unwrap_or_else(|| densessl::train::run_dir::default_run_dir(command));
+        Ok((out, DeviceSpec::parse(&self.device)?))
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pretrain(args) => pretrain::run(args),
+        Command::Finetune(args) => finetune::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Quickstart(args) => quickstart::run(args),
+        Command::Data(command) => data::run(command),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The command line, for manifests.
+pub fn argv() -> Vec<String> {
+    std::env::args().collect()
+}

@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use densessl::train::pretrain::{self, PretrainConfig, RunOptions};
+
+use crate::RunArgs;
+
+/// `densessl pretrain --config FILE.toml [--set key=value ...]`
+///
+/// Config sections (all optional, defaults in brackets): seed [0]; [data] source
+/// ["procedural"], size [64], train [1000]; [encoder] arch ["resnet18"], base_width [64],
+/// output_stride [32]; [method] name ["moco-v2"] plus the method's settings (moco-v2: dim
+/// [128], queue_size [65536], temperature [0.2], momentum [0.999], key_bn_groups [2]);
+/// [optim] lr [0.03], momentum [0.9], weight_decay [1e-4]; [schedule] kind ["cosine"],
+/// warmup_steps [0]; [train] steps [200], batch_size [32], view_size [64], log_every [10],
+/// checkpoint_every [0]. See configs/pretrain/*.toml.
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// TOML config (unknown keys are errors); without it, the defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.steps=500 --set method.temperature=0.1.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+pub fn run(args: PretrainArgs) -> Result<()> {
+    let config: PretrainConfig = densessl::config::load(args.config.as_deref(), &args.set)?;
+    let (out, device) = args.run.resolve("pretrain")?;
+    eprintln!("pretrain → {}", out.display());
+    let outcome = pretrain::run(&config, &RunOptions { out, device, argv: crate::argv() })?;
+    println!(
+        "encoder checkpoint: {}\nfinal loss: {:.4}\nwall time: {:.1} s",
+        outcome.encoder_checkpoint.display(),
+        outcome.final_loss,
+        outcome.wall_s
+    );
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! densessl: self-supervised pre-training for dense prediction.
+//!
+//! The formulation kept visible in the code: an encoder f_θ ([`models::resnet`]); views
+//! whose geometric relation to the source image is known exactly ([`views`]); a pretext
+//! loss on f_θ(t1(x)), f_θ(t2(x)) ([`pretext`]); and a segmentation fine-tune that judges
+//! the pretext task ([`seg`]).
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod data;
+pub mod device;
+mod error;
+pub mod models;
+pub mod pretext;
+pub mod quickstart;
+pub mod seg;
+pub mod train;
+pub mod views;
+
+pub use error::{Error, Result};

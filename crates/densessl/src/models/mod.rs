@@ -1,0 +1,7 @@
+//! Encoders, heads, projectors and the matmul-based bilinear resize they share.
+
+pub mod heads;
+pub mod projector;
+pub mod resize;
+pub mod resnet;
+pub mod segmenter;

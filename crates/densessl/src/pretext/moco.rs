@@ -1,0 +1,258 @@
+//! MoCo v2 (He et al. 2020; Chen et al. 2020): a query encoder trained with InfoNCE against
+//! keys from a momentum encoder and a queue of past keys. Layout after facebookresearch/moco
+//! `builder.py`: side effects (momentum update, enqueue) in small named helpers.
+//!
+//! Shuffle-BN has no meaning on one device; its split-batch substitute is used instead: the
+//! key batch is permuted and forwarded in `key_bn_groups` chunks, so a key's BN statistics
+//! come from a different set of images than its query's (see [`Moco::keys`]).
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use image::RgbImage;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::losses::{info_nce, l2_normalize};
+use super::momentum::momentum_update;
+use super::{BuildContext, PretextMethod, StepOutput};
+use crate::models::projector::{MlpProjector, MlpProjectorConfig};
+use crate::models::resnet::ResNet;
+use crate::views::moco_v2::MocoV2Augment;
+use crate::views::{FloatImage, batch_tensor};
+use crate::{Error, Result};
+
+/// Settings of MoCo (`[method]` in a pre-training config).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoSettings {
+    /// Projection dimension.
+    pub dim: usize,
+    /// Number of negative keys kept (65,536 in the paper).
+    pub queue_size: usize,
+    /// Softmax temperature τ.
+    pub temperature: f64,
+    /// Momentum m of the key encoder.
+    pub momentum: f64,
+    /// Number of chunks the key batch is split into for BN (shuffle-BN substitute); 1 = off.
+    pub key_bn_groups: usize,
+    /// The augmentation (its `size` is set from the training view size).
+    pub augment: MocoV2Augment,
+}
+
+impl Default for MocoSettings {
+    fn default() -> Self {
+        Self {
+            dim: 128,
+            queue_size: 65_536,
+            temperature: 0.2,
+            momentum: 0.999,
+            key_bn_groups: 2,
+            augment: MocoV2Augment::default(),
+        }
+    }
+}
+
+/// Encoder + projector: the network MoCo trains.
+#[derive(Module, Debug)]
+pub struct MocoNet {
+    /// The encoder.
+    pub backbone: ResNet,
+    /// The MLP projector.
+    pub projector: MlpProjector,
+}
+
+impl MocoNet {
+    /// # Shapes
+    /// `[B, 3, H, W]` → unit vectors `[B, dim]`
+    pub fn embed(&self, x: Tensor<4>) -> Tensor<2> {
+        l2_normalize(self.projector.forward(self.backbone.forward_pooled(x)))
+    }
+}
+
+/// MoCo v2 with its state.
+pub struct Moco {
+    online: MocoNet,
+    key: MocoNet,
+    /// `[K, dim]`, unit rows, no gradient.
+    queue: Tensor<2>,
+    queue_ptr: usize,
+    optim: ModuleOptimizer,
+    settings: MocoSettings,
+    device: Device,
+}
+
+/// Builds `moco-v2` from its `[method]` settings.
+pub fn build_v2(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
+    Ok(Box::new(Moco::new(context)?))
+}
+
+impl Moco {
+    /// Builds MoCo v2 from its `[method]` settings.
+    pub fn new(context: BuildContext) -> Result<Self> {
+    let mut settings: MocoSettings = toml::Value::Table(context.settings)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Config { source_name: "[method]".into(), message: e.to_string() })?;
+    settings.augment.size = context.view_size;
+    if settings.queue_size == 0 || settings.key_bn_groups == 0 {
+        return Err(Error::Invalid("method.queue_size and method.key_bn_groups must be positive".into()));
+    }
+    let device = context.device.clone();
+    let resnet = context.encoder.resnet()?;
+    let c5 = resnet.channels()[3];
+    let online = MocoNet {
+        backbone: resnet.init(&device),
+        projector: MlpProjectorConfig::new(c5, c5).with_d_output(settings.dim).init(&device),
+    };
+    // The key encoder starts as a copy and never receives gradients.
+    let key = online.clone().no_grad();
+    let queue = random_unit_rows(settings.queue_size, settings.dim, &device);
+    let optim = context.optim.sgd();
+    Ok(Moco { online, key, queue, queue_ptr: 0, optim, settings, device })
+    }
+}
+
+fn random_unit_rows(rows: usize, dim: usize, device: &Device) -> Tensor<2> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
+    let data: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+    l2_normalize(Tensor::from_data(TensorData::new(data, [rows, dim]), device)).detach()
+}
+
+impl Moco {
+    /// Keys of the momentum encoder with the split-batch BN substitute for shuffle-BN:
+    /// permute, forward in chunks, un-permute.
+    ///
+    /// # Shapes
+    /// `[B, 3, H, W]` → `[B, dim]`
+    fn keys(&self, x: Tensor<4>, rng: &mut ChaCha8Rng) -> Tensor<2> {
+        let b = x.dims()[0];
+        let groups = self.settings.key_bn_groups.min(b);
+        if groups <= 1 {
+            return self.key.embed(x).detach();
+        }
+        let mut perm: Vec<i64> = (0..b as i64).collect();
+        perm.shuffle(rng);
+        let mut inverse = vec![0i64; b];
+        for (i, &p) in perm.iter().enumerate() {
+            inverse[p as usize] = i as i64;
+        }
+        let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [b]), &self.device);
+        let shuffled = x.select(0, index(perm));
+        let chunk = b.div_ceil(groups);
+        let parts: Vec<Tensor<2>> = (0..b)
+            .step_by(chunk)
+            .map(|start| self.key.embed(shuffled.clone().slice([start..(start + chunk).min(b)])))
+            .collect();
+        Tensor::cat(parts, 0).select(0, index(inverse)).detach()
+    }
+
+    /// Writes `keys` into the queue at the pointer, wrapping around.
+    fn dequeue_and_enqueue(&mut self, keys: Tensor<2>) {
+        let [n, d] = keys.dims();
+        let k = self.settings.queue_size;
+        let mut written = 0;
+        while written < n {
+            let count = (n - written).min(k - self.queue_ptr);
+            let rows = keys.clone().slice([written..written + count]);
+            self.queue = self.queue.clone().slice_assign([self.queue_ptr..self.queue_ptr + count, 0..d], rows);
+            self.queue_ptr = (self.queue_ptr + count) % k;
+            written += count;
+        }
+    }
+}
+
+fn two_views(augment: &MocoV2Augment, images: &[&RgbImage], rng: &mut ChaCha8Rng) -> (Vec<FloatImage>, Vec<FloatImage>) {
+    let seeds: Vec<u64> = images.iter().map(|_| rng.random()).collect();
+    images
+        .par_iter()
+        .zip(seeds)
+        .map(|(image, seed)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (augment.view(image, &mut rng).image, augment.view(image, &mut rng).image)
+        })
+        .unzip()
+}
+
+impl PretextMethod for Moco {
+    fn name(&self) -> &'static str {
+        "moco-v2"
+    }
+
+    fn step(&mut self, images: &[&RgbImage], rng: &mut ChaCha8Rng, lr: f64) -> Result<StepOutput> {
+        let (v1, v2) = two_views(&self.settings.augment, images, rng);
+        let (xq, xk) = (batch_tensor(&v1, &self.device), batch_tensor(&v2, &self.device));
+        let queries = self.online.embed(xq);
+        // MoCo updates the key encoder before computing this step's keys.
+        self.key = momentum_update(self.key.clone(), &self.online, self.settings.momentum);
+        let keys = self.keys(xk, rng);
+        let (loss, logits) = info_nce(queries, keys.clone(), self.queue.clone(), self.settings.temperature);
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), &self.online);
+        self.online = self.optim.step(lr, self.online.clone(), grads);
+        self.dequeue_and_enqueue(keys);
+        let hits = logits.detach().argmax(1).equal_elem(0).int().sum().into_scalar::<i64>();
+        Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", hits as f64 / images.len() as f64)] })
+    }
+
+    fn encoder(&self) -> ResNet {
+        self.online.backbone.clone()
+    }
+
+    fn notes(&self) -> serde_json::Value {
+        serde_json::json!({
+            "shuffle_bn": format!("split-batch substitute: key batch permuted and forwarded in {} chunks", self.settings.key_bn_groups),
+            "settings": self.settings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::segmenter::EncoderConfig;
+    use crate::train::optim::OptimConfig;
+
+    fn tiny(queue_size: usize) -> Moco {
+        let encoder = EncoderConfig { base_width: 4, ..EncoderConfig::default() };
+        let mut settings = toml::Table::new();
+        settings.insert("queue_size".into(), toml::Value::Integer(queue_size as i64));
+        settings.insert("dim".into(), toml::Value::Integer(8));
+        let device = Device::flex().autodiff();
+        Moco::new(BuildContext { encoder: &encoder, optim: &OptimConfig::default(), view_size: 32, settings, device: &device })
+            .unwrap()
+    }
+
+    #[test]
+    fn queue_wraps_around() {
+        let mut m = tiny(5);
+        let device = m.device.clone();
+        let rows = |start: f32| Tensor::<2>::from_data(
+            TensorData::new((0..3 * 8).map(|i| start + i as f32).collect::<Vec<f32>>(), [3, 8]), &device);
+        m.dequeue_and_enqueue(rows(0.0));
+        m.dequeue_and_enqueue(rows(100.0));
+        assert_eq!(m.queue_ptr, 1);
+        let q: Vec<f32> = m.queue.clone().into_data().to_vec().unwrap();
+        assert_eq!(q[0], 116.0); // row 2 of the second batch wrapped to slot 0
+        assert_eq!(q[3 * 8], 100.0); // row 0 of the second batch at slot 3
+        assert_eq!(q[2 * 8], 16.0); // first batch's last row kept at slot 2
+    }
+
+    #[test]
+    fn split_batch_keys_come_back_in_input_order() {
+        // With BN in eval mode grouping cannot change a key, so any mismatch is a permutation bug.
+        let mut m = tiny(16);
+        m.key = m.key.valid();
+        m.device = Device::flex();
+        let data: Vec<f32> = (0..6 * 3 * 32 * 32).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(data, [6, 3, 32, 32]), &m.device);
+        let expected: Vec<f32> = m.key.embed(x.clone()).into_data().to_vec().unwrap();
+        m.settings.key_bn_groups = 3;
+        let got: Vec<f32> = m.keys(x, &mut ChaCha8Rng::seed_from_u64(1)).into_data().to_vec().unwrap();
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-5, "{got:?} vs {expected:?}");
+        }
+    }
+}

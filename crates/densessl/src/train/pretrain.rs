@@ -1,0 +1,224 @@
+//! The pre-training loop: any [`PretextMethod`] over the training images of a dataset.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rand::seq::index::sample;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, CheckpointInfo};
+use super::run_dir::{ManifestInfo, RunDir};
+use super::schedule::ScheduleConfig;
+use crate::data::{DataConfig, Split};
+use crate::device::DeviceSpec;
+use crate::models::segmenter::EncoderConfig;
+use crate::pretext::{self, BuildContext};
+use super::optim::OptimConfig;
+use crate::{Error, Result};
+
+/// Loop settings (`[train]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainLoop {
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Side of the augmented views in pixels.
+    pub view_size: usize,
+    /// Write a metrics line every this many steps.
+    pub log_every: usize,
+    /// Save a checkpoint every this many steps (0 = only the final one).
+    pub checkpoint_every: usize,
+}
+
+impl Default for PretrainLoop {
+    fn default() -> Self {
+        Self { steps: 200, batch_size: 32, view_size: 64, log_every: 10, checkpoint_every: 0 }
+    }
+}
+
+/// A pre-training run (`densessl pretrain --config FILE`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    /// Seed of initialisation, views and batch order.
+    pub seed: u64,
+    /// Images to pre-train on (labels unused).
+    pub data: DataConfig,
+    /// The encoder to train.
+    pub encoder: EncoderConfig,
+    /// `name` picks the method (`moco-v2`); the other keys are its settings.
+    pub method: toml::Table,
+    /// SGD settings.
+    pub optim: OptimConfig,
+    /// LR schedule.
+    pub schedule: ScheduleConfig,
+    /// Loop settings.
+    pub train: PretrainLoop,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        let mut method = toml::Table::new();
+        method.insert("name".into(), toml::Value::String("moco-v2".into()));
+        Self {
+            seed: 0,
+            data: DataConfig::default(),
+            encoder: EncoderConfig::default(),
+            method,
+            optim: OptimConfig::default(),
+            schedule: ScheduleConfig::default(),
+            train: PretrainLoop::default(),
+        }
+    }
+}
+
+/// How a run is started (command-line facts, not science).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// The device.
+    pub device: DeviceSpec,
+    /// The command line, for the manifest.
+    pub argv: Vec<String>,
+}
+
+/// What a finished pre-training produced.
+#[derive(Debug, Clone)]
+pub struct PretrainOutcome {
+    /// The final encoder checkpoint.
+    pub encoder_checkpoint: PathBuf,
+    /// Mean loss over the last logged window.
+    pub final_loss: f64,
+    /// Wall time in seconds.
+    pub wall_s: f64,
+}
+
+/// Runs a pre-training to completion.
+pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutcome> {
+    let start = Instant::now();
+    config.schedule.check()?;
+    if config.train.batch_size == 0 || config.train.steps == 0 {
+        return Err(Error::Invalid("train.steps and train.batch_size must be positive".into()));
+    }
+    let device = options.device.init()?;
+    device.seed(config.seed);
+    let dataset = config.data.load(Split::Train)?;
+    let images: Vec<&image::RgbImage> = dataset.samples.iter().map(|s| &s.image).collect();
+    if images.len() < config.train.batch_size {
+        return Err(Error::Invalid(format!(
+            "{} has {} images, fewer than train.batch_size = {}",
+            dataset.name,
+            images.len(),
+            config.train.batch_size
+        )));
+    }
+    let name = config
+        .method
+        .get("name")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::Invalid("[method] needs name = \"moco-v2\" (or another method)".into()))?
+        .to_string();
+    let mut settings = config.method.clone();
+    settings.remove("name");
+    let mut method = pretext::build(
+        &name,
+        BuildContext {
+            encoder: &config.encoder,
+            optim: &config.optim,
+            view_size: config.train.view_size,
+            settings,
+            device: &device,
+        },
+    )?;
+
+    let mut resolved = config.clone();
+    if let Some(serde_json::Value::Object(notes)) = method.notes().get("settings").cloned().map(Some).unwrap_or(None) {
+        for (k, v) in notes {
+            if let Ok(v) = toml::Value::try_from(v) {
+                resolved.method.insert(k, v);
+            }
+        }
+    }
+    let mut run = RunDir::create(
+        &options.out,
+        &crate::config::to_toml(&resolved)?,
+        &ManifestInfo {
+            command: "pretrain".into(),
+            argv: options.argv.clone(),
+            device: options.device.to_string(),
+            seed: config.seed,
+            dataset: dataset.name.clone(),
+            dataset_fingerprint: dataset.fingerprint(),
+            init: None,
+        },
+    )?;
+    run.log_metrics(&serde_json::json!({"event": "start", "method": name, "notes": method.notes()}))?;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xA11CE);
+    let total = config.train.steps;
+    let bar = super::progress::bar(total, "pretrain");
+    let info = CheckpointInfo::Encoder { encoder: config.encoder.clone() };
+    let mut window = Vec::new();
+    let mut last_window_mean = f64::NAN;
+    let mut tick = Instant::now();
+    for step in 0..total {
+        let lr = config.schedule.lr_at(config.optim.lr, step, total);
+        let batch: Vec<&image::RgbImage> =
+            sample(&mut rng, images.len(), config.train.batch_size).iter().map(|i| images[i]).collect();
+        let out = method.step(&batch, &mut rng, lr)?;
+        if !out.loss.is_finite() {
+            return Err(Error::Training {
+                step,
+                message: format!("loss is {}; last good checkpoint: {}", out.loss, latest_checkpoint(&run)),
+            });
+        }
+        window.push(out.loss);
+        bar.inc(1);
+        let done = step + 1;
+        if done % config.train.log_every.max(1) == 0 || done == total {
+            let secs = tick.elapsed().as_secs_f64();
+            let mean = window.iter().sum::<f64>() / window.len() as f64;
+            let mut record = serde_json::json!({
+                "step": done, "loss": mean, "lr": lr,
+                "images_per_s": (window.len() * config.train.batch_size) as f64 / secs,
+            });
+            for (k, v) in &out.metrics {
+                record[*k] = serde_json::json!(v);
+            }
+            run.log_metrics(&record)?;
+            bar.set_message(format!("loss {mean:.3}"));
+            last_window_mean = mean;
+            window.clear();
+            tick = Instant::now();
+        }
+        if config.train.checkpoint_every > 0 && done % config.train.checkpoint_every == 0 && done < total {
+            checkpoint::save(&method.encoder(), &info, &run.checkpoint_path(&format!("encoder-step{done}.safetensors")))?;
+        }
+    }
+    bar.finish();
+    let path = run.checkpoint_path("encoder.safetensors");
+    checkpoint::save(&method.encoder(), &info, &path)?;
+    let wall_s = start.elapsed().as_secs_f64();
+    run.finish(&serde_json::json!({
+        "method": name, "steps": total, "final_loss": last_window_mean, "wall_s": wall_s,
+        "checkpoint": path,
+    }))?;
+    Ok(PretrainOutcome { encoder_checkpoint: path, final_loss: last_window_mean, wall_s })
+}
+
+fn latest_checkpoint(run: &RunDir) -> String {
+    std::fs::read_dir(run.root().join("checkpoints"))
+        .ok()
+        .and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+                .map(|e| e.path().display().to_string())
+        })
+        .unwrap_or_else(|| "none".into())
+}
