@@ -1,16 +1,12 @@
 //! `densessl quickstart`: pre-train MoCo v2 briefly on procedural scenes, fine-tune the
 //! MoCo-FCN head from it and from random init, and compare mIoU.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::data::DataConfig;
+use crate::config::from_toml_str;
 use crate::device::DeviceSpec;
-use crate::models::heads::HeadConfig;
-use crate::models::segmenter::EncoderConfig;
-use crate::train::optim::OptimConfig;
-use crate::seg::finetune::{self, FinetuneConfig, FinetuneLoop};
-use crate::train::pretrain::{self, PretrainConfig, PretrainLoop, RunOptions};
-use crate::train::schedule::ScheduleConfig;
+use crate::seg::finetune::{self, FinetuneConfig};
+use crate::train::pretrain::{self, PretrainConfig, RunOptions};
 use crate::Result;
 
 /// One row of the quickstart table.
@@ -26,41 +22,31 @@ pub struct Row {
     pub wall_s: f64,
 }
 
-/// The quickstart's configurations (shared data and encoder; small enough for 2 CPU cores).
-pub fn configs(steps_scale: f64) -> (PretrainConfig, FinetuneConfig) {
+/// The pre-training config the quickstart runs (committed as an example).
+pub const PRETRAIN_TOML: &str = include_str!("../../../configs/pretrain/moco-v2-procedural.toml");
+/// The fine-tuning config the quickstart runs (committed as an example).
+pub const FINETUNE_TOML: &str = include_str!("../../../configs/finetune/moco-fcn-procedural.toml");
+
+/// The quickstart's configurations: the two committed example configs, with every step count
+/// multiplied by `steps_scale`.
+pub fn configs(steps_scale: f64) -> Result<(PretrainConfig, FinetuneConfig)> {
+    let mut pretrain: PretrainConfig = from_toml_str(PRETRAIN_TOML, "configs/pretrain/moco-v2-procedural.toml")?;
+    let mut finetune: FinetuneConfig = from_toml_str(FINETUNE_TOML, "configs/finetune/moco-fcn-procedural.toml")?;
     let scale = |n: usize| ((n as f64 * steps_scale).round() as usize).max(1);
-    let data = DataConfig { size: 64, train: 2000, val: 200, ..DataConfig::default() };
-    let encoder = EncoderConfig { base_width: 32, output_stride: 8, ..EncoderConfig::default() };
-    let mut pretrain = PretrainConfig {
-        data: data.clone(),
-        encoder: encoder.clone(),
-        optim: OptimConfig { lr: 0.03, momentum: 0.9, weight_decay: 1e-4 },
-        train: PretrainLoop { steps: scale(300), batch_size: 64, view_size: 64, log_every: 10, checkpoint_every: 0 },
-        ..PretrainConfig::default()
-    };
-    pretrain.method.insert("queue_size".into(), toml::Value::Integer(4096));
-    pretrain.method.insert("momentum".into(), toml::Value::Float(0.99));
-    let finetune = FinetuneConfig {
-        data: DataConfig { train: 300, ..data },
-        encoder,
-        head: HeadConfig { channels: 64, ..HeadConfig::default() },
-        optim: OptimConfig { lr: 0.02, momentum: 0.9, weight_decay: 1e-4 },
-        schedule: ScheduleConfig { kind: "poly".into(), ..ScheduleConfig::default() },
-        train: FinetuneLoop { steps: scale(200), batch_size: 16, ..FinetuneLoop::default() },
-        ..FinetuneConfig::default()
-    };
-    (pretrain, finetune)
+    pretrain.train.steps = scale(pretrain.train.steps);
+    finetune.train.steps = scale(finetune.train.steps);
+    Ok((pretrain, finetune))
 }
 
 /// Runs the quickstart into `out` (`pretrain/`, `finetune-random/`, `finetune-moco-v2/`).
 pub fn run(out: &Path, device: &DeviceSpec, argv: &[String], steps_scale: f64) -> Result<Vec<Row>> {
-    let (pretrain_config, finetune_config) = configs(steps_scale);
+    let (pretrain_config, finetune_config) = configs(steps_scale)?;
     let options = |dir: &str| RunOptions { out: out.join(dir), device: device.clone(), argv: argv.to_vec() };
 
     let random = finetune::run(&finetune_config, &options("finetune-random"))?;
     let pre = pretrain::run(&pretrain_config, &options("pretrain"))?;
     let from_moco = FinetuneConfig {
-        init: Some(path_string(&pre.encoder_checkpoint)),
+        init: Some(pre.encoder_checkpoint.display().to_string()),
         ..finetune_config
     };
     let moco = finetune::run(&from_moco, &options("finetune-moco-v2"))?;
@@ -70,6 +56,17 @@ pub fn run(out: &Path, device: &DeviceSpec, argv: &[String], steps_scale: f64) -
     ])
 }
 
-fn path_string(p: &PathBuf) -> String {
-    p.display().to_string()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_configs_parse_and_scale() {
+        let (p, f) = configs(1.0).unwrap();
+        assert_eq!(p.method.get("name").and_then(|v| v.as_str()), Some("moco-v2"));
+        assert_eq!(p.encoder, f.encoder, "pre-training and fine-tuning share one encoder");
+        let (p2, f2) = configs(0.1).unwrap();
+        assert_eq!(p2.train.steps, (p.train.steps as f64 * 0.1).round() as usize);
+        assert_eq!(f2.train.steps, (f.train.steps as f64 * 0.1).round() as usize);
+    }
 }

@@ -103,12 +103,14 @@ impl Moco {
     let device = context.device.clone();
     let resnet = context.encoder.resnet()?;
     let c5 = resnet.channels()[3];
-    let online = MocoNet {
+    let net = || MocoNet {
         backbone: resnet.init(&device),
         projector: MlpProjectorConfig::new(c5, c5).with_d_output(settings.dim).init(&device),
     };
-    // The key encoder starts as a copy and never receives gradients.
-    let key = online.clone().no_grad();
+    let online = net();
+    // The key encoder starts as an exact copy (m = 0) and never receives gradients. It is
+    // built separately: a clone would share the online network's lazily initialised params.
+    let key = momentum_update(net().no_grad(), &online, 0.0);
     let queue = random_unit_rows(settings.queue_size, settings.dim, &device);
     let optim = context.optim.sgd();
     Ok(Moco { online, key, queue, queue_ptr: 0, optim, settings, device })
@@ -201,10 +203,16 @@ impl PretextMethod for Moco {
         self.online.backbone.clone()
     }
 
+    fn settings(&self) -> toml::Table {
+        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+    }
+
     fn notes(&self) -> serde_json::Value {
         serde_json::json!({
-            "shuffle_bn": format!("split-batch substitute: key batch permuted and forwarded in {} chunks", self.settings.key_bn_groups),
-            "settings": self.settings,
+            "shuffle_bn": format!(
+                "split-batch substitute: key batch permuted and forwarded in {} chunks",
+                self.settings.key_bn_groups
+            ),
         })
     }
 }

@@ -32,6 +32,8 @@ pub trait PretextMethod {
     fn step(&mut self, images: &[&RgbImage], rng: &mut ChaCha8Rng, lr: f64) -> Result<StepOutput>;
     /// The online encoder, what fine-tuning starts from.
     fn encoder(&self) -> ResNet;
+    /// The method's settings with every default filled in (written to the run's `config.toml`).
+    fn settings(&self) -> toml::Table;
     /// Facts the manifest should record (e.g. how shuffle-BN was substituted).
     fn notes(&self) -> serde_json::Value {
         serde_json::Value::Null

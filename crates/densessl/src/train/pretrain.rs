@@ -18,6 +18,9 @@ use crate::pretext::{self, BuildContext};
 use super::optim::OptimConfig;
 use crate::{Error, Result};
 
+/// The method used when `[method]` names none.
+pub const DEFAULT_METHOD: &str = "moco-v2";
+
 /// Loop settings (`[train]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -63,7 +66,7 @@ pub struct PretrainConfig {
 impl Default for PretrainConfig {
     fn default() -> Self {
         let mut method = toml::Table::new();
-        method.insert("name".into(), toml::Value::String("moco-v2".into()));
+        method.insert("name".into(), toml::Value::String(DEFAULT_METHOD.into()));
         Self {
             seed: 0,
             data: DataConfig::default(),
@@ -120,8 +123,9 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
     let name = config
         .method
         .get("name")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::Invalid("[method] needs name = \"moco-v2\" (or another method)".into()))?
+        .map(|v| v.as_str().ok_or_else(|| Error::Invalid("method.name must be a string, e.g. \"moco-v2\"".into())))
+        .transpose()?
+        .unwrap_or(DEFAULT_METHOD)
         .to_string();
     let mut settings = config.method.clone();
     settings.remove("name");
@@ -137,13 +141,8 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
     )?;
 
     let mut resolved = config.clone();
-    if let Some(serde_json::Value::Object(notes)) = method.notes().get("settings").cloned().map(Some).unwrap_or(None) {
-        for (k, v) in notes {
-            if let Ok(v) = toml::Value::try_from(v) {
-                resolved.method.insert(k, v);
-            }
-        }
-    }
+    resolved.method = method.settings();
+    resolved.method.insert("name".into(), toml::Value::String(name.clone()));
     let mut run = RunDir::create(
         &options.out,
         &crate::config::to_toml(&resolved)?,

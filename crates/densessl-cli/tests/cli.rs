@@ -1,0 +1,126 @@
+//! End-to-end tests of the `densessl` binary on tiny settings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn densessl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densessl"))
+        .args(args)
+        .env("DENSESSL_QUIET", "1")
+        .output()
+        .expect("binary runs")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("densessl-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn procedural_tree_is_byte_identical_for_one_seed() {
+    let dir = temp_dir("procedural");
+    let write = |name: &str, seed: &str| {
+        let out = dir.join(name);
+        let o = densessl(&["data", "procedural", "--out", out.to_str().unwrap(), "--size", "32", "--train", "6", "--val", "3", "--seed", seed]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        files(&out)
+    };
+    let (a, b, c) = (write("a", "4"), write("b", "4"), write("c", "5"));
+    assert_eq!(a.len(), 6 + 6 + 3 + 3 + 2);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn unknown_config_key_names_key_file_and_line() {
+    let dir = temp_dir("badkey");
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "seed = 1\n[train]\nsteps = 2\nbatchsize = 4\n").unwrap();
+    let o = densessl(&["pretrain", "--config", config.to_str().unwrap(), "--out", dir.join("run").to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("bad.toml") && e.contains("batchsize") && e.contains("line 4"), "{e}");
+    assert!(!dir.join("run").exists(), "nothing written for a bad config");
+}
+
+#[test]
+fn device_without_its_backend_says_which_feature() {
+    let o = densessl(&["finetune", "--device", "cuda:0", "--set", "train.steps=1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+}
+
+#[test]
+fn pretrain_then_finetune_then_eval_end_to_end() {
+    let dir = temp_dir("e2e");
+    let data = ["data.size=32", "data.train=24", "data.val=8", "encoder.base_width=8"];
+    let mut args = vec!["pretrain", "--out"];
+    let pre = dir.join("pre");
+    args.push(pre.to_str().unwrap());
+    let sets = [
+        "train.steps=3", "train.batch_size=8", "train.view_size=32", "train.log_every=1",
+        "method.queue_size=64", "method.dim=16",
+    ];
+    for s in data.iter().chain(&sets) {
+        args.extend(["--set", s]);
+    }
+    let o = densessl(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["config.toml", "manifest.json", "metrics.jsonl", "summary.json", "checkpoints/encoder.safetensors"] {
+        assert!(pre.join(f).exists(), "pretrain wrote {f}");
+    }
+    let config = std::fs::read_to_string(pre.join("config.toml")).unwrap();
+    assert!(config.contains("queue_size = 64") && config.contains("temperature = 0.2"), "{config}");
+    let metrics = std::fs::read_to_string(pre.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 3);
+
+    let ft = dir.join("ft");
+    let ckpt = pre.join("checkpoints/encoder.safetensors");
+    let mut args = vec!["finetune", "--init", ckpt.to_str().unwrap(), "--out", ft.to_str().unwrap()];
+    for s in data.iter().chain(&["train.steps=3", "train.batch_size=4", "head.channels=16"]) {
+        args.extend(["--set", s]);
+    }
+    let o = densessl(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest = std::fs::read_to_string(ft.join("manifest.json")).unwrap();
+    assert!(manifest.contains("encoder.safetensors (fingerprint"), "{manifest}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ft.join("summary.json")).unwrap()).unwrap();
+
+    let model = ft.join("checkpoints/model.safetensors");
+    let o = densessl(&["eval", "--checkpoint", model.to_str().unwrap(), "--dataset", "procedural", "--size", "32", "--val", "8", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eval: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(eval["iou"].as_array().unwrap().len(), 6);
+    let (a, b) = (eval["miou"].as_f64().unwrap(), summary["miou"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-9, "eval {a} vs fine-tune summary {b}");
+
+    // A finished run is never overwritten.
+    let o = densessl(&args);
+    assert!(!o.status.success() && stderr(&o).contains("already holds a finished run"), "{}", stderr(&o));
+    // An encoder checkpoint is not a segmentation model.
+    let o = densessl(&["eval", "--checkpoint", ckpt.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("fine-tune it first"), "{}", stderr(&o));
+}

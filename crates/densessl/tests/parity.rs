@@ -1,0 +1,81 @@
+//! Parity with PyTorch on fixtures written by `tools/fixtures/resize_and_losses.py`.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use densessl::models::resize::resize_bilinear;
+use densessl::pretext::losses::info_nce;
+use densessl::seg::loss::masked_cross_entropy;
+use safetensors::SafeTensors;
+
+const TOLERANCE: f32 = 1e-5;
+
+struct Fixture(Vec<u8>);
+
+impl Fixture {
+    fn load() -> Self {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/resize_and_losses.safetensors");
+        Self(std::fs::read(path).expect("fixture present"))
+    }
+
+    fn get(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let st = SafeTensors::deserialize(&self.0).unwrap();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture has {name}"));
+        let values = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        (values, t.shape().to_vec())
+    }
+
+    fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+        let (v, shape) = self.get(name);
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+}
+
+fn assert_close(got: Tensor<4>, expected: &[f32], what: &str) {
+    let got: Vec<f32> = got.into_data().to_vec().unwrap();
+    assert_eq!(got.len(), expected.len(), "{what}: length");
+    let worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < TOLERANCE, "{what}: max abs error {worst} ≥ {TOLERANCE}");
+}
+
+#[test]
+fn bilinear_resize_matches_torch_interpolate() {
+    let f = Fixture::load();
+    let device = Device::flex();
+    let x: Tensor<4> = f.tensor("resize_in", &device);
+    for (name, h, w) in [("resize_up_13x11", 13, 11), ("resize_down_3x2", 3, 2), ("resize_up_28x20", 28, 20)] {
+        assert_close(resize_bilinear(x.clone(), h, w), &f.get(name).0, name);
+    }
+}
+
+#[test]
+fn bilinear_resize_gradient_matches_torch() {
+    let f = Fixture::load();
+    let device = Device::flex().autodiff();
+    let x: Tensor<4> = f.tensor::<4>("resize_in", &device).require_grad();
+    let weight: Tensor<4> = f.tensor("resize_grad_weight", &device);
+    let loss = (resize_bilinear(x.clone(), 13, 11) * weight).sum();
+    let grads = loss.backward();
+    let grad = x.grad(&grads).expect("x has a gradient");
+    assert_close(grad, &f.get("resize_grad").0, "resize gradient");
+}
+
+#[test]
+fn info_nce_matches_torch_cross_entropy() {
+    let f = Fixture::load();
+    let device = Device::flex();
+    let (loss, _) = info_nce(f.tensor("nce_q", &device), f.tensor("nce_k", &device), f.tensor("nce_queue", &device), 0.2);
+    let got = loss.into_scalar::<f32>();
+    let expected = f.get("nce_loss").0[0];
+    assert!((got - expected).abs() < TOLERANCE, "{got} vs {expected}");
+}
+
+#[test]
+fn masked_cross_entropy_matches_torch_ignore_index() {
+    let f = Fixture::load();
+    let device = Device::flex();
+    let (labels, shape) = f.get("ce_labels");
+    let labels: Vec<i64> = labels.iter().map(|&v| v as i64).collect();
+    let labels = Tensor::<3, Int>::from_data(TensorData::new(labels, shape), &device);
+    let got = masked_cross_entropy(f.tensor("ce_logits", &device), labels, 255).into_scalar::<f32>();
+    let expected = f.get("ce_loss").0[0];
+    assert!((got - expected).abs() < TOLERANCE, "{got} vs {expected}");
+}
