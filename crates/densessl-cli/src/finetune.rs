@@ -7,14 +7,22 @@ use densessl::train::pretrain::RunOptions;
 
 use crate::RunArgs;
 
+const HELP: &str = "\
+Config sections (all optional; defaults in brackets; see configs/finetune/*.toml):
+  seed [0]
+  init        encoder checkpoint [none = random init]; --init overrides
+  [data]      source [\"procedural\" | VOC root], size [64], train [1000], val [200], seed [0],
+              train_split [train], val_split [val], num_classes [21, VOC trees only]
+  [encoder]   arch [resnet18], base_width [64], output_stride [32] (must match init)
+  [head]      name [moco-fcn], channels [256], dilation [6], dropout [0.1]
+  [optim]     lr [0.01], momentum [0.9], weight_decay [1e-4]
+  [schedule]  kind [poly], power [0.9], warmup_steps [0], milestones, gamma
+  [train]     steps [300], batch_size [16], crop_size [0 = whole image], flip [true],
+              log_every [10], checkpoint_every [0], eval_batch_size [32]";
+
 /// `densessl finetune --config FILE.toml [--init CHECKPOINT] [--set key=value ...]`
-///
-/// Config sections (defaults in brackets): seed [0]; [data] as for pretrain plus val [200];
-/// [encoder]; [head] name ["moco-fcn"], channels [256], dilation [6], dropout [0.1];
-/// init [none]; [optim] lr [0.01]; [schedule] kind ["poly"], power [0.9]; [train] steps
-/// [300], batch_size [16], crop_size [0 = whole image], flip [true], eval_batch_size [32].
-/// See configs/finetune/*.toml.
 #[derive(Args, Debug)]
+#[command(after_help = HELP)]
 pub struct FinetuneArgs {
     /// TOML config (unknown keys are errors); without it, the defaults.
     #[arg(long)]

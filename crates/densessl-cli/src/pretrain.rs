@@ -6,16 +6,20 @@ use densessl::train::pretrain::{self, PretrainConfig, RunOptions};
 
 use crate::RunArgs;
 
+const HELP: &str = "\
+Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml):
+  seed [0]
+  [data]      source [\"procedural\" | VOC root], size [64], train [1000], seed [0]
+  [encoder]   arch [resnet18|34|50|101], base_width [64], output_stride [32|16|8]
+  [method]    name [\"moco-v2\"] + its settings; moco-v2: dim [128], queue_size [65536],
+              temperature [0.2], momentum [0.999], key_bn_groups [2], [method.augment]
+  [optim]     lr [0.03], momentum [0.9], weight_decay [1e-4]
+  [schedule]  kind [cosine|step|poly|linear|constant], warmup_steps [0], milestones, gamma, power
+  [train]     steps [200], batch_size [32], view_size [64], log_every [10], checkpoint_every [0]";
+
 /// `densessl pretrain --config FILE.toml [--set key=value ...]`
-///
-/// Config sections (all optional, defaults in brackets): seed [0]; [data] source
-/// ["procedural"], size [64], train [1000]; [encoder] arch ["resnet18"], base_width [64],
-/// output_stride [32]; [method] name ["moco-v2"] plus the method's settings (moco-v2: dim
-/// [128], queue_size [65536], temperature [0.2], momentum [0.999], key_bn_groups [2]);
-/// [optim] lr [0.03], momentum [0.9], weight_decay [1e-4]; [schedule] kind ["cosine"],
-/// warmup_steps [0]; [train] steps [200], batch_size [32], view_size [64], log_every [10],
-/// checkpoint_every [0]. See configs/pretrain/*.toml.
 #[derive(Args, Debug)]
+#[command(after_help = HELP)]
 pub struct PretrainArgs {
     /// TOML config (unknown keys are errors); without it, the defaults.
     #[arg(long)]
