@@ -47,7 +47,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         val: args.val,
         seed: args.data_seed,
         val_split: args.split.clone(),
-        num_classes,
+        num_classes: Some(num_classes),
         ..DataConfig::default()
     };
     let dataset = data.load(Split::Val).with_context(|| format!("loading {}", args.dataset))?;

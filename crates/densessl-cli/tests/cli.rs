@@ -49,7 +49,7 @@ fn procedural_tree_is_byte_identical_for_one_seed() {
         files(&out)
     };
     let (a, b, c) = (write("a", "4"), write("b", "4"), write("c", "5"));
-    assert_eq!(a.len(), 6 + 6 + 3 + 3 + 2);
+    assert_eq!(a.len(), 6 + 6 + 3 + 3 + 2 + 1, "images, masks, two lists, classes.txt");
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
@@ -123,4 +123,60 @@ fn pretrain_then_finetune_then_eval_end_to_end() {
     // An encoder checkpoint is not a segmentation model.
     let o = densessl(&["eval", "--checkpoint", ckpt.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("fine-tune it first"), "{}", stderr(&o));
+}
+
+/// Writes a toy Fashion-MNIST (uncompressed IDX): item i is a filled square of class i % 10.
+fn toy_fashion_mnist(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, count) in [("train", 30u32), ("t10k", 10)] {
+        let mut images = vec![0, 0, 8, 3];
+        for d in [count, 28, 28] {
+            images.extend(d.to_be_bytes());
+        }
+        for _ in 0..count {
+            images.extend((0..28 * 28).map(|p| if (5..23).contains(&(p / 28)) && (5..23).contains(&(p % 28)) { 220u8 } else { 0 }));
+        }
+        let mut labels = vec![0, 0, 8, 1];
+        labels.extend(count.to_be_bytes());
+        labels.extend((0..count).map(|i| (i % 10) as u8));
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}
+
+#[test]
+fn fashion_scenes_are_byte_identical_and_check_names_every_bad_file() {
+    let dir = temp_dir("fashion");
+    toy_fashion_mnist(&dir.join("idx"));
+    let write = |name: &str, seed: &str| {
+        let out = dir.join(name);
+        let o = densessl(&[
+            "data", "fashion-scenes", "--out", out.to_str().unwrap(), "--source", dir.join("idx").to_str().unwrap(),
+            "--size", "32", "--train", "5", "--val", "3", "--unlabeled", "4", "--seed", seed,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        files(&out)
+    };
+    let (a, b, c) = (write("a", "1"), write("b", "1"), write("c", "2"));
+    assert_eq!(a.len(), 5 + 5 + 3 + 3 + 2 + 1 + 4);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let root = dir.join("a");
+    let o = densessl(&["data", "check", root.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["num_classes"], 11, "from classes.txt");
+    assert_eq!(report["splits"].as_array().unwrap().len(), 2);
+    assert_eq!(report["splits"][0]["valid"], 5);
+    // Two bad files: both are named, and the exit status says so.
+    std::fs::write(root.join("JPEGImages/train_000002.jpg"), b"\xff\xd8\xff truncated").unwrap();
+    std::fs::remove_file(root.join("SegmentationClass/train_000004.png")).unwrap();
+    let o = densessl(&["data", "check", root.to_str().unwrap(), "--split", "train"]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("train_000002.jpg") && out.contains("train_000004.png"), "{out}");
+    assert!(stderr(&o).contains("2 problem(s)"), "{}", stderr(&o));
+    // A missing source says how to get Fashion-MNIST.
+    let o = densessl(&["data", "fashion-scenes", "--out", dir.join("d").to_str().unwrap(), "--source", dir.join("nowhere").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("dataset-fashion-mnist"), "{}", stderr(&o));
 }

@@ -30,7 +30,7 @@ impl Fixture {
 }
 
 fn assert_close(got: Tensor<4>, expected: &[f32], what: &str) {
-    let got: Vec<f32> = got.into_data().to_vec().unwrap();
+    let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
     assert_eq!(got.len(), expected.len(), "{what}: length");
     let worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst < TOLERANCE, "{what}: max abs error {worst} ≥ {TOLERANCE}");

@@ -1,10 +1,15 @@
-//! Datasets: in-memory labelled scenes, the built-in `procedural` generator and VOC trees.
+//! Datasets: in-memory labelled scenes, the built-in `procedural` generator, the
+//! FashionScenes benchmark, VOC/VOCaug trees and unlabeled image folders.
 
+pub mod check;
+pub mod fashion_scenes;
+pub mod image_folder;
 pub mod labels;
 pub mod procedural;
+mod texture;
 pub mod voc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -68,9 +73,14 @@ pub struct DataConfig {
     /// Split to evaluate on for VOC trees.
     #[serde(default = "default_val_split")]
     pub val_split: String,
-    /// Number of classes for VOC trees (21 for PASCAL VOC). Ignored for procedural.
-    #[serde(default = "default_num_classes")]
-    pub num_classes: usize,
+    /// Number of classes for VOC trees. Default: the lines of the tree's `classes.txt`
+    /// (written by `densessl data`), else 21 (PASCAL VOC). Ignored for procedural.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
+    /// Folder of unlabeled images (searched recursively) that pre-training uses instead of
+    /// the training split's images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlabeled: Option<String>,
 }
 
 fn default_source() -> String {
@@ -91,9 +101,8 @@ fn default_train_split() -> String {
 fn default_val_split() -> String {
     "val".into()
 }
-fn default_num_classes() -> usize {
-    21
-}
+/// Classes of PASCAL VOC, the default for trees without `classes.txt`.
+pub const VOC_NUM_CLASSES: usize = 21;
 
 impl Default for DataConfig {
     fn default() -> Self {
@@ -135,11 +144,32 @@ impl DataConfig {
             if samples.is_empty() {
                 return Err(Error::data(&root, format!("split '{split_name}' lists no images")));
             }
-            Ok(SegDataset {
-                name: root.display().to_string(),
-                num_classes: self.num_classes,
-                samples,
-            })
+            Ok(SegDataset { name: root.display().to_string(), num_classes: self.num_classes(), samples })
+        }
+    }
+
+    /// The number of classes: as set, else from the tree's `classes.txt`, else 21.
+    pub fn num_classes(&self) -> usize {
+        if self.source == "procedural" {
+            return procedural::NUM_CLASSES;
+        }
+        self.num_classes
+            .or_else(|| check::declared_classes(Path::new(&self.source)).map(|c| c.len()))
+            .unwrap_or(VOC_NUM_CLASSES)
+    }
+
+    /// Images for pre-training: the `unlabeled` folder if set, else the training split's
+    /// images. Returns the images and a name for manifests.
+    pub fn load_pretraining_images(&self) -> Result<(String, Vec<RgbImage>)> {
+        match &self.unlabeled {
+            Some(folder) => {
+                let images = image_folder::load_images(Path::new(folder))?;
+                Ok((format!("unlabeled folder {folder}"), images))
+            }
+            None => {
+                let dataset = self.load(Split::Train)?;
+                Ok((dataset.name, dataset.samples.into_iter().map(|s| s.image).collect()))
+            }
         }
     }
 }

@@ -55,7 +55,7 @@ mod tests {
     #[test]
     fn normalize_gives_unit_rows() {
         let x = l2_normalize(t(&[&[3.0, 4.0], &[0.0, -2.0]]));
-        let v = x.into_data().to_vec::<f32>().unwrap();
+        let v = x.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(v, vec![0.6, 0.8, 0.0, -1.0]);
     }
 }

@@ -242,7 +242,7 @@ mod tests {
         m.dequeue_and_enqueue(rows(0.0));
         m.dequeue_and_enqueue(rows(100.0));
         assert_eq!(m.queue_ptr, 1);
-        let q: Vec<f32> = m.queue.clone().into_data().to_vec().unwrap();
+        let q: Vec<f32> = m.queue.clone().into_data().try_to_vec().unwrap();
         assert_eq!(q[0], 116.0); // row 2 of the second batch wrapped to slot 0
         assert_eq!(q[3 * 8], 100.0); // row 0 of the second batch at slot 3
         assert_eq!(q[2 * 8], 16.0); // first batch's last row kept at slot 2
@@ -256,9 +256,9 @@ mod tests {
         m.device = Device::flex();
         let data: Vec<f32> = (0..6 * 3 * 32 * 32).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let x = Tensor::<4>::from_data(TensorData::new(data, [6, 3, 32, 32]), &m.device);
-        let expected: Vec<f32> = m.key.embed(x.clone()).into_data().to_vec().unwrap();
+        let expected: Vec<f32> = m.key.embed(x.clone()).into_data().try_to_vec().unwrap();
         m.settings.key_bn_groups = 3;
-        let got: Vec<f32> = m.keys(x, &mut ChaCha8Rng::seed_from_u64(1)).into_data().to_vec().unwrap();
+        let got: Vec<f32> = m.keys(x, &mut ChaCha8Rng::seed_from_u64(1)).into_data().try_to_vec().unwrap();
         for (a, b) in got.iter().zip(&expected) {
             assert!((a - b).abs() < 1e-5, "{got:?} vs {expected:?}");
         }

@@ -76,7 +76,7 @@ mod tests {
     }
 
     fn values(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().to_vec().unwrap()
+        t.into_data().try_to_vec().unwrap()
     }
 
     #[test]
@@ -92,7 +92,7 @@ mod tests {
         for i in 0..k0.len() {
             assert!((k1[i] - (0.9 * k0[i] + 0.1 * q0[i])).abs() < 1e-6);
         }
-        let rm: Vec<f32> = updated.bn.running_mean.value().into_data().to_vec().unwrap();
+        let rm: Vec<f32> = updated.bn.running_mean.value().into_data().try_to_vec().unwrap();
         assert_eq!(rm, vec![5.0, 6.0]);
     }
 }

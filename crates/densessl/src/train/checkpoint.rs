@@ -155,7 +155,7 @@ mod tests {
         let (loaded, _) = load_encoder(&path, &device).unwrap();
         let x = Tensor::<4>::ones([1, 3, 32, 32], &device);
         let (a, b) = (model.valid().forward_pooled(x.clone()), loaded.valid().forward_pooled(x));
-        let (a, b): (Vec<f32>, Vec<f32>) = (a.into_data().to_vec().unwrap(), b.into_data().to_vec().unwrap());
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.into_data().try_to_vec().unwrap(), b.into_data().try_to_vec().unwrap());
         assert_eq!(a, b);
         // A deeper model cannot silently take a shallower checkpoint.
         let mut deeper = EncoderConfig { arch: "resnet34".into(), ..config }.resnet().unwrap().init(&device);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, CheckpointInfo};
 use super::run_dir::{ManifestInfo, RunDir};
 use super::schedule::ScheduleConfig;
-use crate::data::{DataConfig, Split};
+use crate::data::DataConfig;
 use crate::device::DeviceSpec;
 use crate::models::segmenter::EncoderConfig;
 use crate::pretext::{self, BuildContext};
@@ -110,12 +110,12 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
     }
     let device = options.device.init()?;
     device.seed(config.seed);
-    let dataset = config.data.load(Split::Train)?;
-    let images: Vec<&image::RgbImage> = dataset.samples.iter().map(|s| &s.image).collect();
+    let (dataset_name, owned_images) = config.data.load_pretraining_images()?;
+    let images: Vec<&image::RgbImage> = owned_images.iter().collect();
     if images.len() < config.train.batch_size {
         return Err(Error::Invalid(format!(
             "{} has {} images, fewer than train.batch_size = {}",
-            dataset.name,
+            dataset_name,
             images.len(),
             config.train.batch_size
         )));
@@ -151,8 +151,10 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
             argv: options.argv.clone(),
             device: options.device.to_string(),
             seed: config.seed,
-            dataset: dataset.name.clone(),
-            dataset_fingerprint: dataset.fingerprint(),
+            dataset: dataset_name.clone(),
+            dataset_fingerprint: crate::train::run_dir::fingerprint(
+                owned_images.iter().flat_map(|im| im.as_raw().iter().copied()),
+            ),
             init: None,
         },
     )?;
