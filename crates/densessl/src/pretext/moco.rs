@@ -21,7 +21,7 @@ use super::momentum::momentum_update;
 use super::{BuildContext, PretextMethod, StepOutput};
 use crate::models::projector::{MlpProjector, MlpProjectorConfig};
 use crate::models::resnet::ResNet;
-use crate::views::moco_v2::MocoV2Augment;
+use crate::views::augment::ViewAugment;
 use crate::views::{FloatImage, batch_tensor};
 use crate::{Error, Result};
 
@@ -40,7 +40,7 @@ pub struct MocoSettings {
     /// Number of chunks the key batch is split into for BN (shuffle-BN substitute); 1 = off.
     pub key_bn_groups: usize,
     /// The augmentation (its `size` is set from the training view size).
-    pub augment: MocoV2Augment,
+    pub augment: ViewAugment,
 }
 
 impl Default for MocoSettings {
@@ -51,7 +51,7 @@ impl Default for MocoSettings {
             temperature: 0.2,
             momentum: 0.999,
             key_bn_groups: 2,
-            augment: MocoV2Augment::default(),
+            augment: ViewAugment::default(),
         }
     }
 }
@@ -166,7 +166,7 @@ impl Moco {
     }
 }
 
-fn two_views(augment: &MocoV2Augment, images: &[&RgbImage], rng: &mut ChaCha8Rng) -> (Vec<FloatImage>, Vec<FloatImage>) {
+fn two_views(augment: &ViewAugment, images: &[&RgbImage], rng: &mut ChaCha8Rng) -> (Vec<FloatImage>, Vec<FloatImage>) {
     let seeds: Vec<u64> = images.iter().map(|_| rng.random()).collect();
     images
         .par_iter()

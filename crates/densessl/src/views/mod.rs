@@ -1,8 +1,10 @@
 //! Views of an image: geometric transforms with an exact map back to the source image,
 //! photometric transforms, and batching into tensors.
 
+pub mod augment;
 pub mod geometry;
-pub mod moco_v2;
+pub mod pair;
+pub mod patch_rotation;
 pub mod photometric;
 
 use burn::tensor::{Device, Tensor, TensorData};

@@ -53,6 +53,15 @@ pub fn hue(image: &mut FloatImage, shift: f32) {
     }
 }
 
+/// Inverts every value at or above `threshold` (torchvision `solarize` on floats).
+pub fn solarize(image: &mut FloatImage, threshold: f32) {
+    for v in &mut image.data {
+        if *v >= threshold {
+            *v = 1.0 - *v;
+        }
+    }
+}
+
 /// Replaces all three channels by luma.
 pub fn grayscale(image: &mut FloatImage) {
     let grey = grey_plane(image);
