@@ -10,10 +10,12 @@ use crate::RunArgs;
 const HELP: &str = "\
 Config sections (all optional; defaults in brackets; see configs/finetune/*.toml):
   seed [0]
-  init        encoder checkpoint [none = random init]; --init overrides
+  init        encoder checkpoint: densessl, torchvision .pth, MoCo .pth.tar, mmselfsup/DenseCL,
+              BYOL/SimSiam [none = random init]; --init overrides
+  init_from   its layout: auto|torchvision|moco|mmselfsup|byol|densessl [auto]
   [data]      source [\"procedural\" | VOC root], size [64], train [1000], val [200], seed [0],
-              train_split [train], val_split [val], num_classes [21, VOC trees only]
-  [encoder]   arch [resnet18], base_width [64], output_stride [32] (must match init)
+              train_split [train], val_split [val], num_classes [classes.txt, else 21]
+  [encoder]   arch [resnet18], base_width [64], output_stride [32] (arch/width must match init)
   [head]      name [moco-fcn], channels [256], dilation [6], dropout [0.1]
   [optim]     lr [0.01], momentum [0.9], weight_decay [1e-4]
   [schedule]  kind [poly], power [0.9], warmup_steps [0], milestones, gamma
@@ -27,7 +29,8 @@ pub struct FinetuneArgs {
     /// TOML config (unknown keys are errors); without it, the defaults.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Encoder checkpoint to start from (a `pretrain` output or a fine-tuned model).
+    /// Encoder checkpoint to start from: any file `densessl import` reads (densessl, torchvision,
+    /// MoCo, mmselfsup/DenseCL, BYOL/SimSiam).
     #[arg(long)]
     init: Option<PathBuf>,
     /// Override a config key, e.g. --set train.steps=1000.

@@ -5,6 +5,7 @@ mod eval;
 mod finetune;
 mod pretrain;
 mod quickstart;
+mod weights;
 
 use std::path::PathBuf;
 
@@ -30,9 +31,15 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Pre-train MoCo v2 briefly on built-in scenes and compare fine-tuning from it vs random init.
     Quickstart(quickstart::QuickstartArgs),
-    /// Dataset tools.
+    /// Dataset tools: generate, check.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Import a PyTorch checkpoint (torchvision, MoCo, mmselfsup/DenseCL, BYOL/SimSiam) strictly.
+    Import(weights::ImportArgs),
+    /// Export an encoder in torchvision's key names (safetensors).
+    Export(weights::ExportArgs),
+    /// Write one image's encoder features as .npy, for parity checks against PyTorch.
+    Features(weights::FeaturesArgs),
 }
 
 /// Options every run command shares.
@@ -66,6 +73,9 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Data(command) => data::run(command),
+        Command::Import(args) => weights::import(args),
+        Command::Export(args) => weights::export(args),
+        Command::Features(args) => weights::features(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

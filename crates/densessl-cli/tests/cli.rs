@@ -180,3 +180,39 @@ fn fashion_scenes_are_byte_identical_and_check_names_every_bad_file() {
     let o = densessl(&["data", "fashion-scenes", "--out", dir.join("d").to_str().unwrap(), "--source", dir.join("nowhere").to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("dataset-fashion-mnist"), "{}", stderr(&o));
 }
+
+#[test]
+fn import_export_and_features_from_a_torchvision_file() {
+    let dir = temp_dir("weights");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../densessl/tests/fixtures/resnet18_w8.pth");
+    let imported = dir.join("r18.safetensors");
+    let o = densessl(&["import", fixture, "--arch", "resnet18", "--base-width", "8", "--out", imported.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("100 tensors mapped") && stdout.contains("fc.*"), "{stdout}");
+    // Without --arch a foreign file cannot be read, and the error says what to pass.
+    let o = densessl(&["import", fixture, "--out", dir.join("x.safetensors").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("--arch"), "{}", stderr(&o));
+    // The wrong width fails and writes nothing.
+    let o = densessl(&["import", fixture, "--arch", "resnet18", "--out", dir.join("y.safetensors").to_str().unwrap()]);
+    assert!(!o.status.success() && !dir.join("y.safetensors").exists());
+    // Features at output stride 8 from the imported checkpoint: [1, 64, 8, 8] for 64 px.
+    let image = dir.join("img.png");
+    image::RgbImage::from_fn(50, 40, |x, y| image::Rgb([x as u8 * 5, y as u8 * 6, 90])).save(&image).unwrap();
+    let npy = dir.join("c5.npy");
+    let o = densessl(&[
+        "features", "--weights", imported.to_str().unwrap(), "--image", image.to_str().unwrap(),
+        "--size", "64", "--output-stride", "8", "--out", npy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&npy).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (1, 64, 8, 8)"));
+    assert_eq!(bytes.len(), 10 + header_len + 4 * 64 * 8 * 8);
+    let out = dir.join("tv.safetensors");
+    let o = densessl(&["export", imported.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("wrote 120 tensors"));
+    let o = densessl(&["export", imported.to_str().unwrap(), "--out", dir.join("tv.pth").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("safetensors"));
+}

@@ -1,6 +1,6 @@
 //! Parsing `--device cpu|vulkan[:N]|cuda[:N]` into a burn [`Device`].
 
-use burn::tensor::Device;
+pub use burn::tensor::Device;
 
 use crate::Error;
 

@@ -12,10 +12,12 @@ pub mod data;
 pub mod device;
 mod error;
 pub mod models;
+pub mod npy;
 pub mod pretext;
 pub mod quickstart;
 pub mod seg;
 pub mod train;
 pub mod views;
+pub mod weights;
 
 pub use error::{Error, Result};

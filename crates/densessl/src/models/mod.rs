@@ -1,5 +1,6 @@
 //! Encoders, heads, projectors and the matmul-based bilinear resize they share.
 
+pub mod features;
 pub mod heads;
 pub mod projector;
 pub mod resize;

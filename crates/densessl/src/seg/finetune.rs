@@ -24,6 +24,7 @@ use crate::train::pretrain::RunOptions;
 use crate::train::run_dir::{ManifestInfo, RunDir};
 use crate::train::schedule::ScheduleConfig;
 use crate::views::{FloatImage, batch_tensor};
+use crate::weights::import::ImportOptions;
 use crate::{Error, Result};
 
 /// Loop settings (`[train]`).
@@ -66,6 +67,8 @@ pub struct FinetuneConfig {
     pub head: HeadConfig,
     /// Checkpoint to initialise the encoder from (`--init` overrides); none = random init.
     pub init: Option<String>,
+    /// Layout of `init`: auto, torchvision, moco, mmselfsup, byol or densessl.
+    pub init_from: String,
     /// SGD settings.
     pub optim: OptimConfig,
     /// LR schedule.
@@ -82,6 +85,7 @@ impl Default for FinetuneConfig {
             encoder: EncoderConfig::default(),
             head: HeadConfig::default(),
             init: None,
+            init_from: "auto".into(),
             optim: OptimConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 },
             schedule: ScheduleConfig { kind: "poly".into(), ..ScheduleConfig::default() },
             train: FinetuneLoop::default(),
@@ -145,9 +149,18 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
     let mut init_note = None;
     if let Some(init) = &config.init {
         let path = PathBuf::from(init);
-        let (encoder, _) = checkpoint::load_encoder(&path, &device)?;
+        let options = ImportOptions { format: config.init_from.parse()?, ..ImportOptions::default() };
+        let (encoder, report) = crate::weights::import::load_encoder(&path, &config.encoder, &options, &device)?;
+        tracing::info!("{report}");
         model.encoder = encoder;
-        init_note = Some(format!("{} (fingerprint {})", path.display(), checkpoint::file_fingerprint(&path)?));
+        init_note = Some(format!(
+            "{} ({:?}, prefix '{}', {} tensors; fingerprint {})",
+            path.display(),
+            report.format,
+            report.prefix,
+            report.mapped,
+            checkpoint::file_fingerprint(&path)?
+        ));
     }
     let mut run = RunDir::create(
         &options.out,
