@@ -16,11 +16,14 @@ Config sections (all optional; defaults in brackets; see configs/finetune/*.toml
   [data]      source [\"procedural\" | VOC root], size [64], train [1000], val [200], seed [0],
               train_split [train], val_split [val], num_classes [classes.txt, else 21]
   [encoder]   arch [resnet18], base_width [64], output_stride [32] (arch/width must match init)
-  [head]      name [moco-fcn], channels [256], dilation [6], dropout [0.1]
+  [head]      name [moco-fcn | fcn | pspnet | deeplabv3plus | nonlocal], channels [256 moco-fcn,
+              512 others], dilation [6 moco-fcn, 1 fcn], dropout [0.1], num_convs [2],
+              concat_input [true], pool_scales [[1,2,3,6]], dilations [[1,12,24,36]],
+              c1_channels [48], reduction [2], aux_channels [0 = no auxiliary head on C4]
   [optim]     lr [0.01], momentum [0.9], weight_decay [1e-4]
   [schedule]  kind [poly], power [0.9], warmup_steps [0], milestones, gamma
   [train]     steps [300], batch_size [16], crop_size [0 = whole image], flip [true],
-              log_every [10], checkpoint_every [0], eval_batch_size [32]";
+              log_every [10], checkpoint_every [0], eval_batch_size [32], aux_weight [0.4]";
 
 /// `densessl finetune --config FILE.toml [--init CHECKPOINT] [--set key=value ...]`
 #[derive(Args, Debug)]

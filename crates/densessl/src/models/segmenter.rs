@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::heads::fcn::FcnHead;
 use super::heads::{Head, HeadConfig};
 use super::resize::resize_bilinear;
 use super::resnet::{ResNet, ResNetConfig};
@@ -47,23 +48,27 @@ impl EncoderConfig {
     }
 }
 
-/// A segmentation model: encoder features → head → logits at input resolution.
+/// A segmentation model: encoder features → head → logits at input resolution, plus an
+/// optional auxiliary FCN head on C4 used in training only.
 #[derive(Module, Debug)]
 pub struct Segmenter {
     /// The encoder.
     pub encoder: ResNet,
     /// The head.
     pub head: Head,
+    /// The auxiliary head on C4 (mmseg's `auxiliary_head`), if configured.
+    pub aux: Option<FcnHead>,
 }
 
 impl Segmenter {
     /// Builds a model with a freshly initialised encoder and head.
     pub fn new(encoder: &EncoderConfig, head: &HeadConfig, num_classes: usize, device: &Device) -> Result<Self> {
         let resnet = encoder.resnet()?;
-        let c5 = resnet.channels()[3];
+        let channels = resnet.channels();
         Ok(Self {
             encoder: resnet.init(device),
-            head: head.init(c5, num_classes, device).map_err(Error::Invalid)?,
+            head: head.init(channels, num_classes, device).map_err(|e| Error::Invalid(format!("head: {e}")))?,
+            aux: head.init_aux(channels, num_classes, device),
         })
     }
 
@@ -73,5 +78,16 @@ impl Segmenter {
         let [_, _, h, w] = x.dims();
         let logits = self.head.forward(&self.encoder.forward(x));
         resize_bilinear(logits, h, w)
+    }
+
+    /// Main and auxiliary logits, both at input resolution (training).
+    ///
+    /// # Shapes
+    /// `[B, 3, H, W]` → (`[B, K, H, W]`, optional `[B, K, H, W]`)
+    pub fn forward_with_aux(&self, x: Tensor<4>) -> (Tensor<4>, Option<Tensor<4>>) {
+        let [_, _, h, w] = x.dims();
+        let features = self.encoder.forward(x);
+        let aux = self.aux.as_ref().map(|a| resize_bilinear(a.forward(features.c4.clone()), h, w));
+        (resize_bilinear(self.head.forward(&features), h, w), aux)
     }
 }

@@ -45,11 +45,13 @@ pub struct FinetuneLoop {
     pub checkpoint_every: usize,
     /// Images per evaluation batch.
     pub eval_batch_size: usize,
+    /// Weight of the auxiliary head's loss (mmseg: 0.4); used when `head.aux_channels > 0`.
+    pub aux_weight: f32,
 }
 
 impl Default for FinetuneLoop {
     fn default() -> Self {
-        Self { steps: 300, batch_size: 16, crop_size: 0, flip: true, log_every: 10, checkpoint_every: 0, eval_batch_size: 32 }
+        Self { steps: 300, batch_size: 16, crop_size: 0, flip: true, log_every: 10, checkpoint_every: 0, eval_batch_size: 32, aux_weight: 0.4 }
     }
 }
 
@@ -198,8 +200,11 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
         let (h, w) = (images[0].height, images[0].width);
         let labels: Vec<i64> = masks.iter().flatten().map(|&l| i64::from(l)).collect();
         let labels = Tensor::<3, Int>::from_data(TensorData::new(labels, [batch_size, h, w]), &device);
-        let logits = model.forward(batch_tensor(&images, &device));
-        let loss = masked_cross_entropy(logits, labels, i64::from(IGNORE_LABEL));
+        let (logits, aux_logits) = model.forward_with_aux(batch_tensor(&images, &device));
+        let mut loss = masked_cross_entropy(logits, labels.clone(), i64::from(IGNORE_LABEL));
+        if let Some(aux_logits) = aux_logits {
+            loss = loss + masked_cross_entropy(aux_logits, labels, i64::from(IGNORE_LABEL)) * config.train.aux_weight;
+        }
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
         if !loss_value.is_finite() {
             return Err(Error::Training { step, message: format!("loss is {loss_value}") });

@@ -34,11 +34,11 @@ fn conv3x3(cin: usize, cout: usize, dilation: usize, device: &Device) -> Conv2d 
 impl MocoFcnHead {
     /// Builds the head; `config.channels` and `config.dilation` as in [`HeadConfig`].
     pub fn new(config: &HeadConfig, in_channels: usize, num_classes: usize, device: &Device) -> Self {
-        let ch = config.channels;
+        let (ch, dilation) = (config.channels(), config.dilation());
         Self {
-            conv1: conv3x3(in_channels, ch, config.dilation, device),
+            conv1: conv3x3(in_channels, ch, dilation, device),
             bn1: BatchNormConfig::new(ch).init(device),
-            conv2: conv3x3(ch, ch, config.dilation, device),
+            conv2: conv3x3(ch, ch, dilation, device),
             bn2: BatchNormConfig::new(ch).init(device),
             dropout: DropoutConfig::new(config.dropout).init(),
             // mmsegmentation: normal_init(conv_seg, std=0.01).
