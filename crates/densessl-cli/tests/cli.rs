@@ -106,7 +106,7 @@ fn pretrain_then_finetune_then_eval_end_to_end() {
     let o = densessl(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let manifest = std::fs::read_to_string(ft.join("manifest.json")).unwrap();
-    assert!(manifest.contains("encoder.safetensors (fingerprint"), "{manifest}");
+    assert!(manifest.contains("encoder.safetensors (Densessl, prefix '', 100 tensors; fingerprint"), "{manifest}");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ft.join("summary.json")).unwrap()).unwrap();
 
     let model = ft.join("checkpoints/model.safetensors");
