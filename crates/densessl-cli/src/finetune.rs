@@ -20,15 +20,28 @@ Config sections (all optional; defaults in brackets; see configs/finetune/*.toml
               512 others], dilation [6 moco-fcn, 1 fcn], dropout [0.1], num_convs [2],
               concat_input [true], pool_scales [[1,2,3,6]], dilations [[1,12,24,36]],
               c1_channels [48], reduction [2], aux_channels [0 = no auxiliary head on C4]
-  [optim]     lr [0.01], momentum [0.9], weight_decay [1e-4]
-  [schedule]  kind [poly], power [0.9], warmup_steps [0], milestones, gamma
-  [train]     steps [300], batch_size [16], crop_size [0 = whole image], flip [true],
-              log_every [10], checkpoint_every [0], eval_batch_size [32], aux_weight [0.4]";
+  [optim]     lr [0.01], momentum [0.9], weight_decay [1e-4], encoder_lr_mult [1.0],
+              no_decay_norm_bias [false]
+  [schedule]  kind [poly | step | cosine | linear | constant], power [0.9], milestones, gamma,
+              warmup_steps [0], warmup_ratio, min_ratio [0]
+  [augment]   crop_size [0 = whole image], scale_range [[1.0, 1.0]], base_size [0 = own size],
+              cat_max_ratio [1.0 = off], flip [true], photometric [false]
+  [inference] mode [whole | slide], window, stride, flip [false]
+  [train]     steps [300], batch_size [16], log_every [10], checkpoint_every [0],
+              eval_batch_size [32], aux_weight [0.4], bn [train | frozen], freeze_encoder [false]
 
-/// `densessl finetune --config FILE.toml [--init CHECKPOINT] [--set key=value ...]`
+Protocols (--protocol NAME, a layer under the config file and --set):
+  moco-fcn-513-30k  R50 OS16, moco-fcn, 513 crops, lr 0.003, step ×0.1 at 21k/27k, 30k × 16
+  mmseg-512-20k     R50 OS8, fcn + aux, 512 crops, rescale 0.5-2, photometric, lr 0.01 poly, 20k × 16
+  mini              FashionScenes (data/fashion-scenes), R18 w16 OS8, 64 crops, lr 0.05 poly, 500 × 16";
+
+/// `densessl finetune [--protocol NAME] [--config FILE.toml] [--init CHECKPOINT] [--set key=value ...]`
 #[derive(Args, Debug)]
 #[command(after_help = HELP)]
 pub struct FinetuneArgs {
+    /// Protocol preset under the config: moco-fcn-513-30k, mmseg-512-20k or mini.
+    #[arg(long)]
+    protocol: Option<String>,
     /// TOML config (unknown keys are errors); without it, the defaults.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -39,18 +52,39 @@ pub struct FinetuneArgs {
     /// Override a config key, e.g. --set train.steps=1000.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Repeat with seeds seed, seed+1, …: one run per seed under OUT/seed-<s>/, mean ± std in OUT/summary.json.
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
     #[command(flatten)]
     run: RunArgs,
 }
 
 pub fn run(args: FinetuneArgs) -> Result<()> {
-    let mut config: FinetuneConfig = densessl::config::load(args.config.as_deref(), &args.set)?;
+    let preset = match &args.protocol {
+        Some(name) => Some((name.as_str(), densessl::seg::protocol::preset(name)?)),
+        None => None,
+    };
+    let mut config: FinetuneConfig = densessl::config::load_with_preset(preset, args.config.as_deref(), &args.set)?;
     if let Some(init) = &args.init {
         config.init = Some(init.display().to_string());
     }
     let (out, device) = args.run.resolve("finetune")?;
     eprintln!("finetune → {}", out.display());
-    let outcome = finetune::run(&config, &RunOptions { out, device, argv: crate::argv() })?;
+    let options = RunOptions { out, device, argv: crate::argv() };
+    if args.seeds > 1 {
+        let outcome = finetune::run_seeds(&config, &options, args.seeds)?;
+        println!(
+            "mIoU {:.4} ± {:.4}  aAcc {:.4} ± {:.4}  over {} seeds ({})",
+            outcome.miou.0,
+            outcome.miou.1,
+            outcome.aacc.0,
+            outcome.aacc.1,
+            outcome.runs.len(),
+            outcome.runs.iter().map(|(s, o)| format!("{s}: {:.4}", o.metrics.miou)).collect::<Vec<_>>().join(", ")
+        );
+        return Ok(());
+    }
+    let outcome = finetune::run(&config, &options)?;
     println!(
         "mIoU {:.4}  aAcc {:.4}  ({:.1} s)\nmodel checkpoint: {}",
         outcome.metrics.miou,

@@ -3,6 +3,7 @@
 mod data;
 mod eval;
 mod finetune;
+mod predict;
 mod pretrain;
 mod quickstart;
 mod weights;
@@ -27,8 +28,10 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Fine-tune a segmentation model, optionally from a pre-trained encoder.
     Finetune(finetune::FinetuneArgs),
-    /// Evaluate a fine-tuned model: mIoU, pixel accuracy, per-class IoU.
+    /// Evaluate a fine-tuned model, or saved predictions: mIoU, pixel accuracy, per-class IoU.
     Eval(eval::EvalArgs),
+    /// Write a fine-tuned model's predictions as VOC-palette PNGs (and overlays).
+    Predict(predict::PredictArgs),
     /// Pre-train MoCo v2 briefly on built-in scenes and compare fine-tuning from it vs random init.
     Quickstart(quickstart::QuickstartArgs),
     /// Dataset tools: generate, check.
@@ -71,6 +74,7 @@ fn main() {
         Command::Pretrain(args) => pretrain::run(args),
         Command::Finetune(args) => finetune::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Data(command) => data::run(command),
         Command::Import(args) => weights::import(args),

@@ -216,3 +216,60 @@ fn import_export_and_features_from_a_torchvision_file() {
     let o = densessl(&["export", imported.to_str().unwrap(), "--out", dir.join("tv.pth").to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("safetensors"));
 }
+
+#[test]
+fn protocol_seeds_predict_and_eval_of_saved_predictions_agree() {
+    let dir = temp_dir("protocol");
+    let tree = dir.join("tree");
+    let o = densessl(&["data", "procedural", "--out", tree.to_str().unwrap(), "--size", "32", "--train", "8", "--val", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ft = dir.join("ft");
+    let source = format!("data.source={}", tree.display());
+    let mut args = vec!["finetune", "--protocol", "mini", "--seeds", "2", "--out", ft.to_str().unwrap()];
+    for s in [
+        source.as_str(), "encoder.base_width=8", "head.channels=8", "augment.crop_size=32", "augment.photometric=true",
+        "train.steps=2", "train.batch_size=4", "train.eval_batch_size=2", "inference.flip=true",
+    ] {
+        args.extend(["--set", s]);
+    }
+    let o = densessl(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("over 2 seeds"));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ft.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["seeds"].as_array().unwrap().len(), 2);
+    assert!(summary["miou_std"].as_f64().unwrap() >= 0.0);
+    let config = std::fs::read_to_string(ft.join("seed-1/config.toml")).unwrap();
+    assert!(config.contains("protocol = \"mini\"") && config.contains("seed = 1") && config.contains("photometric = true"), "{config}");
+    // The same --out again is refused: a finished result is never overwritten.
+    let o = densessl(&args);
+    assert!(!o.status.success() && stderr(&o).contains("finished run"), "{}", stderr(&o));
+
+    // predict → PNGs (+ overlays), then eval --pred equals eval --checkpoint.
+    let model = ft.join("seed-0/checkpoints/model.safetensors");
+    let pred = dir.join("pred");
+    let o = densessl(&[
+        "predict", "--checkpoint", model.to_str().unwrap(), "--dataset", tree.to_str().unwrap(), "--out", pred.to_str().unwrap(),
+        "--overlay", "--flip",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(pred.join("val_000003.png").exists() && pred.join("val_000003_overlay.png").exists());
+    let overlay = image::open(pred.join("val_000000_overlay.png")).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (3 * 32, 32));
+    let gt = dir.join("gt");
+    std::fs::create_dir_all(&gt).unwrap();
+    for i in 0..4 {
+        let name = format!("val_{i:06}.png");
+        std::fs::copy(tree.join("SegmentationClass").join(&name), gt.join(&name)).unwrap();
+    }
+    let saved = densessl(&["eval", "--pred", pred.to_str().unwrap(), "--gt", gt.to_str().unwrap(), "--num-classes", "6", "--json"]);
+    assert!(saved.status.success(), "{}", stderr(&saved));
+    let direct = densessl(&["eval", "--checkpoint", model.to_str().unwrap(), "--dataset", tree.to_str().unwrap(), "--flip", "--json"]);
+    assert!(direct.status.success(), "{}", stderr(&direct));
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_slice(&saved.stdout).unwrap(), serde_json::from_slice(&direct.stdout).unwrap());
+    assert_eq!(a, b);
+    // A missing prediction is named.
+    std::fs::remove_file(pred.join("val_000002.png")).unwrap();
+    let o = densessl(&["eval", "--pred", pred.to_str().unwrap(), "--gt", gt.to_str().unwrap(), "--num-classes", "6"]);
+    assert!(!o.status.success() && stderr(&o).contains("val_000002.png"), "{}", stderr(&o));
+}

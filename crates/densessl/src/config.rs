@@ -43,6 +43,48 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> R
     })
 }
 
+/// Like [`load`], with a preset TOML layer (`preset_name`, `preset`) under the file: values
+/// come from the preset, then the file, then the overrides, tables merged key by key.
+pub fn load_with_preset<T: DeserializeOwned>(
+    preset: Option<(&str, &str)>,
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<T> {
+    let Some((preset_name, preset_text)) = preset else { return load(path, overrides) };
+    let mut table: toml::Table = toml::from_str(preset_text).map_err(|e| Error::Config {
+        source_name: format!("protocol {preset_name}"),
+        message: e.to_string(),
+    })?;
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let name = path.display().to_string();
+        // Validate the file alone first, so its errors carry the file's line numbers.
+        let _: T = from_toml_str(&text, &name)?;
+        let file: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::Config { source_name: name, message: e.to_string() })?;
+        merge(&mut table, file);
+    }
+    for item in overrides {
+        apply_override(&mut table, item)?;
+    }
+    T::deserialize(toml::Value::Table(table)).map_err(|e| Error::Config {
+        source_name: format!("protocol {preset_name} + file + --set"),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Merges `top` into `base`: tables recursively, other values replaced.
+pub fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Applies one `a.b.c=value` override to a TOML table.
 pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     let bad = |message: String| Error::Config { source_name: format!("--set {item}"), message };

@@ -21,3 +21,5 @@ pub mod views;
 pub mod weights;
 
 pub use error::{Error, Result};
+/// The `image` crate, re-exported so the binary names image types without its own dependency.
+pub use image;

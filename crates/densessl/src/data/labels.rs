@@ -68,6 +68,31 @@ pub fn write_palette_png(path: &Path, mask: &GrayImage) -> Result<()> {
     crate::train::run_dir::write_atomic(path, &bytes)
 }
 
+/// Image, prediction and ground truth (if any) side by side, labels in VOC colours.
+pub fn overlay_panel(image: &image::RgbImage, prediction: &GrayImage, truth: Option<&GrayImage>) -> image::RgbImage {
+    let palette = voc_palette();
+    let colour = |m: &GrayImage| {
+        image::RgbImage::from_fn(m.width(), m.height(), |x, y| image::Rgb(palette[m.get_pixel(x, y).0[0] as usize]))
+    };
+    let mut panels = vec![image.clone(), colour(prediction)];
+    if let Some(truth) = truth {
+        panels.push(colour(truth));
+    }
+    let (w, h) = image.dimensions();
+    let mut out = image::RgbImage::new(w * panels.len() as u32, h);
+    for (k, panel) in panels.iter().enumerate() {
+        image::imageops::replace(&mut out, panel, (k as u32 * w) as i64, 0);
+    }
+    out
+}
+
+/// Writes an RGB image as PNG, atomically.
+pub fn write_rgb_png(path: &Path, image: &image::RgbImage) -> Result<()> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| Error::data(path, e.to_string()))?;
+    crate::train::run_dir::write_atomic(path, bytes.get_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ pub mod check;
 pub mod fashion_scenes;
 pub mod image_folder;
 pub mod labels;
+pub mod loader;
 pub mod procedural;
 mod texture;
 pub mod voc;
@@ -52,19 +53,21 @@ impl SegDataset {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `"procedural"` (built-in, generated from `seed`) or a path to a VOC-format tree.
+    /// `"procedural"` (built-in, generated from `seed`), `"fashion-scenes"` (FashionScenes
+    /// generated in memory from the Fashion-MNIST files in `fashion_mnist`) or a path to a
+    /// VOC-format tree.
     #[serde(default = "default_source")]
     pub source: String,
-    /// Image side in pixels for procedural scenes (32–96).
+    /// Image side in pixels for generated scenes (procedural 32–96, fashion-scenes 32–128).
     #[serde(default = "default_size")]
     pub size: u32,
-    /// Number of training scenes (procedural only).
+    /// Number of training scenes (generated sources).
     #[serde(default = "default_train")]
     pub train: usize,
-    /// Number of validation scenes (procedural only).
+    /// Number of validation scenes (generated sources).
     #[serde(default = "default_val")]
     pub val: usize,
-    /// Seed of the procedural generator (independent of the training seed).
+    /// Seed of the scene generator (independent of the training seed).
     #[serde(default)]
     pub seed: u64,
     /// Split to train on for VOC trees (`ImageSets/Segmentation/<split>.txt`).
@@ -81,6 +84,19 @@ pub struct DataConfig {
     /// the training split's images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unlabeled: Option<String>,
+    /// fashion-scenes: folder of the Fashion-MNIST IDX files.
+    #[serde(default = "default_fashion_mnist")]
+    pub fashion_mnist: String,
+    /// fashion-scenes: unlabeled scenes pre-training uses (from Fashion-MNIST train).
+    #[serde(default = "default_unlabeled_count")]
+    pub unlabeled_count: usize,
+}
+
+fn default_fashion_mnist() -> String {
+    fashion_scenes::DEFAULT_SOURCE.into()
+}
+fn default_unlabeled_count() -> usize {
+    4000
 }
 
 fn default_source() -> String {
@@ -134,6 +150,17 @@ impl DataConfig {
                 num_classes: procedural::NUM_CLASSES,
                 samples: generator.scenes(offset, count),
             })
+        } else if self.source == "fashion-scenes" {
+            let (generator, items) = self.fashion_generator(split == Split::Val)?;
+            let (stream, count) = match split {
+                Split::Train => (fashion_scenes::Stream::Train, self.train),
+                Split::Val => (fashion_scenes::Stream::Val, self.val),
+            };
+            Ok(SegDataset {
+                name: format!("fashion-scenes(size={}, seed={})", self.size, self.seed),
+                num_classes: fashion_scenes::NUM_CLASSES,
+                samples: generator.scenes(&items, stream, count),
+            })
         } else {
             let split_name = match split {
                 Split::Train => &self.train_split,
@@ -148,10 +175,21 @@ impl DataConfig {
         }
     }
 
+    /// The FashionScenes generator and the Fashion-MNIST split it draws from (test for val).
+    fn fashion_generator(&self, test: bool) -> Result<(fashion_scenes::FashionScenesConfig, fashion_scenes::FashionMnist)> {
+        let generator = fashion_scenes::FashionScenesConfig { size: self.size, seed: self.seed };
+        generator.check()?;
+        let items = fashion_scenes::FashionMnist::load(Path::new(&self.fashion_mnist), if test { "t10k" } else { "train" })?;
+        Ok((generator, items))
+    }
+
     /// The number of classes: as set, else from the tree's `classes.txt`, else 21.
     pub fn num_classes(&self) -> usize {
         if self.source == "procedural" {
             return procedural::NUM_CLASSES;
+        }
+        if self.source == "fashion-scenes" {
+            return fashion_scenes::NUM_CLASSES;
         }
         self.num_classes
             .or_else(|| check::declared_classes(Path::new(&self.source)).map(|c| c.len()))
@@ -165,6 +203,12 @@ impl DataConfig {
             Some(folder) => {
                 let images = image_folder::load_images(Path::new(folder))?;
                 Ok((format!("unlabeled folder {folder}"), images))
+            }
+            None if self.source == "fashion-scenes" => {
+                let (generator, items) = self.fashion_generator(false)?;
+                let scenes = generator.scenes(&items, fashion_scenes::Stream::Unlabeled, self.unlabeled_count);
+                let name = format!("fashion-scenes unlabeled(size={}, seed={}, count={})", self.size, self.seed, self.unlabeled_count);
+                Ok((name, scenes.into_iter().map(|s| s.image).collect()))
             }
             None => {
                 let dataset = self.load(Split::Train)?;

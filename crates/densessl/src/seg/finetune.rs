@@ -1,27 +1,34 @@
-//! Fine-tuning a segmentation model: SGD with momentum, an LR schedule, masked cross-entropy,
-//! random crop (padding with the ignore label) and flip; evaluation on the val split at the end.
+//! The fine-tuning loop: a segmentation model (encoder + head) trained with masked
+//! cross-entropy on augmented crops (prepared on a loader thread), SGD with an encoder LR
+//! multiplier and optional no-decay group, BN trainable or frozen, optional frozen encoder,
+//! then evaluated on the val split. [`run_seeds`] repeats it over seeds.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use burn::optim::GradientsParams;
+use burn::module::{Module, ParamGroup};
 use burn::tensor::{Int, Tensor, TensorData};
-use image::{GrayImage, RgbImage};
-use rand::{Rng, SeedableRng};
 use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::augment::SegAugmentConfig;
 use super::evaluate::evaluate;
+use super::inference::InferenceConfig;
 use super::loss::masked_cross_entropy;
 use super::metrics::SegMetrics;
+use crate::data::loader::Prefetcher;
 use crate::data::{DataConfig, IGNORE_LABEL, SegSample, Split};
 use crate::models::heads::HeadConfig;
+use crate::models::resnet::ResNet;
 use crate::models::segmenter::{EncoderConfig, Segmenter};
-use crate::train::optim::OptimConfig;
 use crate::train::checkpoint::{self, CheckpointInfo};
+use crate::train::optim::OptimConfig;
 use crate::train::pretrain::RunOptions;
-use crate::train::run_dir::{ManifestInfo, RunDir};
+use crate::train::run_dir::{ManifestInfo, RunDir, write_atomic};
 use crate::train::schedule::ScheduleConfig;
 use crate::views::{FloatImage, batch_tensor};
 use crate::weights::import::ImportOptions;
@@ -35,10 +42,6 @@ pub struct FinetuneLoop {
     pub steps: usize,
     /// Images per step.
     pub batch_size: usize,
-    /// Side of the square training crop; 0 = whole images (all must share one size).
-    pub crop_size: u32,
-    /// Random horizontal flip.
-    pub flip: bool,
     /// Write a metrics line every this many steps.
     pub log_every: usize,
     /// Save a checkpoint every this many steps (0 = only the final one).
@@ -47,23 +50,39 @@ pub struct FinetuneLoop {
     pub eval_batch_size: usize,
     /// Weight of the auxiliary head's loss (mmseg: 0.4); used when `head.aux_channels > 0`.
     pub aux_weight: f32,
+    /// Encoder BatchNorm: `train` (statistics and affine learn) or `frozen` (neither).
+    pub bn: String,
+    /// Train only the head (linear/head-only evaluation of a frozen encoder).
+    pub freeze_encoder: bool,
 }
 
 impl Default for FinetuneLoop {
     fn default() -> Self {
-        Self { steps: 300, batch_size: 16, crop_size: 0, flip: true, log_every: 10, checkpoint_every: 0, eval_batch_size: 32, aux_weight: 0.4 }
+        Self {
+            steps: 300,
+            batch_size: 16,
+            log_every: 10,
+            checkpoint_every: 0,
+            eval_batch_size: 32,
+            aux_weight: 0.4,
+            bn: "train".into(),
+            freeze_encoder: false,
+        }
     }
 }
 
-/// A fine-tuning run (`densessl finetune --config FILE`).
+/// A fine-tuning run (`densessl finetune [--protocol NAME] --config FILE`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FinetuneConfig {
+    /// The protocol preset this config started from, if any (recorded, not interpreted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// Seed of head initialisation, batch order and augmentation.
     pub seed: u64,
     /// Labelled data (train and val splits).
     pub data: DataConfig,
-    /// Encoder settings (must match `init`'s architecture).
+    /// Encoder settings (architecture and width must match `init`'s).
     pub encoder: EncoderConfig,
     /// Segmentation head.
     pub head: HeadConfig,
@@ -75,6 +94,10 @@ pub struct FinetuneConfig {
     pub optim: OptimConfig,
     /// LR schedule.
     pub schedule: ScheduleConfig,
+    /// Training augmentation.
+    pub augment: SegAugmentConfig,
+    /// Inference for the final evaluation.
+    pub inference: InferenceConfig,
     /// Loop settings.
     pub train: FinetuneLoop,
 }
@@ -82,16 +105,41 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         Self {
+            protocol: None,
             seed: 0,
             data: DataConfig::default(),
             encoder: EncoderConfig::default(),
             head: HeadConfig::default(),
             init: None,
             init_from: "auto".into(),
-            optim: OptimConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 },
+            optim: OptimConfig { lr: 0.01, ..OptimConfig::default() },
             schedule: ScheduleConfig { kind: "poly".into(), ..ScheduleConfig::default() },
+            augment: SegAugmentConfig::default(),
+            inference: InferenceConfig::default(),
             train: FinetuneLoop::default(),
         }
+    }
+}
+
+impl FinetuneConfig {
+    /// Checks every section with a sentence a user can act on.
+    pub fn check(&self) -> Result<()> {
+        self.schedule.check()?;
+        self.augment.check()?;
+        self.inference.check()?;
+        self.head.check().map_err(|e| Error::Invalid(format!("head: {e}")))?;
+        if self.train.batch_size == 0 || self.train.steps == 0 {
+            return Err(Error::Invalid("train.steps and train.batch_size must be positive".into()));
+        }
+        if !matches!(self.train.bn.as_str(), "train" | "frozen") {
+            return Err(Error::Invalid(format!("train.bn must be \"train\" or \"frozen\", got \"{}\"", self.train.bn)));
+        }
+        if self.augment.crop_size == 0 && self.augment.scale_range != (1.0, 1.0) {
+            return Err(Error::Invalid(
+                "augment.scale_range rescales images to different sizes: set augment.crop_size too".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -106,43 +154,28 @@ pub struct FinetuneOutcome {
     pub wall_s: f64,
 }
 
-/// A random crop of `crop`² (padding images with 0 and masks with the ignore label) and flip.
-fn augment(sample: &SegSample, crop: u32, flip: bool, rng: &mut ChaCha8Rng) -> (FloatImage, Vec<u8>) {
-    let (w, h) = sample.image.dimensions();
-    let (cw, ch) = if crop == 0 { (w, h) } else { (crop, crop) };
-    let x0 = if w > cw { rng.random_range(0..=w - cw) } else { 0 };
-    let y0 = if h > ch { rng.random_range(0..=h - ch) } else { 0 };
-    let mirror = flip && rng.random_bool(0.5);
-    let mut image = RgbImage::new(cw, ch);
-    let mut mask = GrayImage::from_pixel(cw, ch, image::Luma([IGNORE_LABEL]));
-    for y in 0..ch.min(h) {
-        for x in 0..cw.min(w) {
-            let tx = if mirror { cw.min(w) - 1 - x } else { x };
-            image.put_pixel(tx, y, *sample.image.get_pixel(x0 + x, y0 + y));
-            mask.put_pixel(tx, y, *sample.mask.get_pixel(x0 + x, y0 + y));
-        }
-    }
-    let mut float = FloatImage::from_rgb(&image);
-    float.normalize_imagenet();
-    (float, mask.into_raw())
+/// A batch prepared on the loader thread: images and their labels.
+type Batch = (Vec<FloatImage>, Vec<Vec<u8>>);
+
+/// Freezes the encoder's BatchNorms: running statistics and affine parameters stay fixed.
+fn freeze_batchnorm(encoder: ResNet) -> ResNet {
+    let group = ParamGroup::from_regex(r"(^|\.)bn\d*(\.|$)").expect("fixed pattern compiles");
+    encoder.freeze_group(group)
 }
 
-/// Runs a fine-tune to completion and evaluates on the val split. `init` overrides `config.init`.
+/// Runs a fine-tune to completion and evaluates on the val split.
 pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutcome> {
     let start = Instant::now();
-    config.schedule.check()?;
-    if config.train.batch_size == 0 || config.train.steps == 0 {
-        return Err(Error::Invalid("train.steps and train.batch_size must be positive".into()));
-    }
+    config.check()?;
     let device = options.device.init()?;
     device.seed(config.seed);
     let train = config.data.load(Split::Train)?;
     let val = config.data.load(Split::Val)?;
-    if config.train.crop_size == 0 {
+    if config.augment.crop_size == 0 {
         let dims = train.samples[0].image.dimensions();
         if let Some(i) = train.samples.iter().position(|s| s.image.dimensions() != dims) {
             return Err(Error::Invalid(format!(
-                "{}: training images differ in size (sample {i}); set train.crop_size",
+                "{}: training images differ in size (sample {i}); set augment.crop_size",
                 train.name
             )));
         }
@@ -164,6 +197,11 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
             checkpoint::file_fingerprint(&path)?
         ));
     }
+    if config.train.freeze_encoder {
+        model.encoder = model.encoder.freeze();
+    } else if config.train.bn == "frozen" {
+        model.encoder = freeze_batchnorm(model.encoder);
+    }
     let mut run = RunDir::create(
         &options.out,
         &crate::config::to_toml(config)?,
@@ -179,7 +217,6 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
     )?;
 
     let mut optim = config.optim.sgd();
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xF17E);
     let total = config.train.steps;
     let batch_size = config.train.batch_size.min(train.samples.len());
     let info = CheckpointInfo::Segmenter {
@@ -187,16 +224,28 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
         head: config.head.clone(),
         num_classes: train.num_classes,
     };
+    let loader = {
+        let samples: Arc<Vec<SegSample>> = Arc::new(train.samples.clone());
+        let augment = config.augment.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xF17E);
+        Prefetcher::new(2, move || -> Batch {
+            let picks = sample(&mut rng, samples.len(), batch_size);
+            let seeds: Vec<u64> = (0..batch_size).map(|_| rng.random()).collect();
+            picks
+                .iter()
+                .zip(seeds)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|(i, seed)| augment.apply(&samples[i], &mut ChaCha8Rng::seed_from_u64(seed)))
+                .unzip()
+        })
+    };
     let bar = crate::train::progress::bar(total, "finetune");
     let mut window = Vec::new();
     let mut tick = Instant::now();
     for step in 0..total {
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
-        let picks = sample(&mut rng, train.samples.len(), batch_size);
-        let (images, masks): (Vec<FloatImage>, Vec<Vec<u8>>) = picks
-            .iter()
-            .map(|i| augment(&train.samples[i], config.train.crop_size, config.train.flip, &mut rng))
-            .unzip();
+        let (images, masks) = loader.next();
         let (h, w) = (images[0].height, images[0].width);
         let labels: Vec<i64> = masks.iter().flatten().map(|&l| i64::from(l)).collect();
         let labels = Tensor::<3, Int>::from_data(TensorData::new(labels, [batch_size, h, w]), &device);
@@ -209,8 +258,7 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
         if !loss_value.is_finite() {
             return Err(Error::Training { step, message: format!("loss is {loss_value}") });
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr, model, grads);
+        model = config.optim.step(&mut optim, lr, model, loss.backward(), |m: &Segmenter| &m.encoder);
         window.push(loss_value);
         bar.inc(1);
         let done = step + 1;
@@ -226,10 +274,12 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
             checkpoint::save(&model, &info, &run.checkpoint_path(&format!("model-step{done}.safetensors")))?;
         }
     }
+    drop(loader);
     bar.finish();
     let path = run.checkpoint_path("model.safetensors");
     checkpoint::save(&model, &info, &path)?;
-    let metrics = evaluate(&model, &val, config.train.eval_batch_size, &options.device.init_plain()?)?;
+    let plain = options.device.init_plain()?;
+    let metrics = evaluate(&model, &val, &config.inference, config.train.eval_batch_size, &plain)?;
     let wall_s = start.elapsed().as_secs_f64();
     run.finish(&serde_json::json!({
         "miou": metrics.miou, "aacc": metrics.aacc, "iou": metrics.iou,
@@ -238,32 +288,90 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
     Ok(FinetuneOutcome { metrics, checkpoint: path, wall_s })
 }
 
+/// Mean and (sample) standard deviation.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// What [`run_seeds`] produced.
+#[derive(Debug, Clone)]
+pub struct SeedsOutcome {
+    /// One outcome per seed, in order.
+    pub runs: Vec<(u64, FinetuneOutcome)>,
+    /// mIoU mean and sample standard deviation over seeds.
+    pub miou: (f64, f64),
+    /// Pixel accuracy mean and sample standard deviation.
+    pub aacc: (f64, f64),
+}
+
+/// Repeats the fine-tune with seeds `seed, seed + 1, …` (one run directory each under
+/// `out/seed-<s>/`) and writes `out/summary.json` with mean ± std.
+pub fn run_seeds(config: &FinetuneConfig, options: &RunOptions, seeds: usize) -> Result<SeedsOutcome> {
+    if seeds == 0 {
+        return Err(Error::Invalid("--seeds must be at least 1".into()));
+    }
+    let summary_path = options.out.join("summary.json");
+    if summary_path.exists() {
+        return Err(Error::Invalid(format!("{} holds a finished run; choose another --out", options.out.display())));
+    }
+    let mut runs = Vec::new();
+    for k in 0..seeds as u64 {
+        let seed = config.seed + k;
+        let seeded = FinetuneConfig { seed, ..config.clone() };
+        let out = options.out.join(format!("seed-{seed}"));
+        let outcome = run(&seeded, &RunOptions { out, ..options.clone() })?;
+        eprintln!("seed {seed}: mIoU {:.4}", outcome.metrics.miou);
+        runs.push((seed, outcome));
+    }
+    let mious: Vec<f64> = runs.iter().map(|(_, o)| o.metrics.miou).collect();
+    let aaccs: Vec<f64> = runs.iter().map(|(_, o)| o.metrics.aacc).collect();
+    let (miou, aacc) = (mean_std(&mious), mean_std(&aaccs));
+    let summary = serde_json::json!({
+        "miou": miou.0, "miou_std": miou.1, "aacc": aacc.0, "aacc_std": aacc.1,
+        "seeds": runs.iter().map(|(s, o)| serde_json::json!({
+            "seed": s, "miou": o.metrics.miou, "aacc": o.metrics.aacc, "iou": o.metrics.iou,
+            "checkpoint": o.checkpoint,
+        })).collect::<Vec<_>>(),
+    });
+    write_atomic(&summary_path, serde_json::to_string_pretty(&summary).expect("json").as_bytes())?;
+    Ok(SeedsOutcome { runs, miou, aacc })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Device;
 
-    /// Property: crop + flip keep every image pixel aligned with its label.
     #[test]
-    fn augmentation_keeps_pixels_and_labels_aligned() {
-        // Encode each pixel's position in both the image and the mask.
-        let image = RgbImage::from_fn(20, 12, |x, y| image::Rgb([x as u8 * 10, y as u8 * 10, 0]));
-        let mask = GrayImage::from_fn(20, 12, |x, y| image::Luma([(x + 20 * y) as u8]));
-        let sample = SegSample { image, mask };
-        let mut rng = ChaCha8Rng::seed_from_u64(2);
-        for crop in [8u32, 16] {
-            for _ in 0..20 {
-                let (im, labels) = augment(&sample, crop, true, &mut rng);
-                for (i, &l) in labels.iter().enumerate() {
-                    if l == IGNORE_LABEL {
-                        assert_eq!(im.data[i], (0.0 - crate::views::IMAGENET_MEAN[0]) / crate::views::IMAGENET_STD[0]);
-                        continue;
-                    }
-                    let (x, y) = (u32::from(l) % 20, u32::from(l) / 20);
-                    let r = im.data[i] * crate::views::IMAGENET_STD[0] + crate::views::IMAGENET_MEAN[0];
-                    let g = im.data[labels.len() + i] * crate::views::IMAGENET_STD[1] + crate::views::IMAGENET_MEAN[1];
-                    assert!((r * 255.0 - (x * 10) as f32).abs() < 0.01 && (g * 255.0 - (y * 10) as f32).abs() < 0.01);
-                }
-            }
-        }
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+        assert_eq!(mean_std(&[0.5]), (0.5, 0.0));
+    }
+
+    #[test]
+    fn frozen_batchnorm_keeps_statistics_and_affine() {
+        let device = Device::flex().autodiff();
+        let config = EncoderConfig { base_width: 4, ..EncoderConfig::default() };
+        let encoder = freeze_batchnorm(config.resnet().unwrap().init(&device));
+        let before: Vec<f32> = encoder.bn1.running_mean.value().into_data().try_to_vec().unwrap();
+        let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Normal(0.5, 1.0), &device);
+        let grads = encoder.forward_pooled(x).sum().backward();
+        let after: Vec<f32> = encoder.bn1.running_mean.value().into_data().try_to_vec().unwrap();
+        assert_eq!(before, after, "running statistics do not move");
+        assert!(encoder.bn1.gamma.grad(&grads).is_none(), "γ gets no gradient");
+        assert!(encoder.conv1.weight.grad(&grads).is_some(), "convolutions still train");
+    }
+
+    #[test]
+    fn whole_image_rescale_without_crop_is_refused() {
+        let config = FinetuneConfig {
+            augment: SegAugmentConfig { scale_range: (0.5, 2.0), ..SegAugmentConfig::default() },
+            ..FinetuneConfig::default()
+        };
+        assert!(config.check().unwrap_err().to_string().contains("crop_size"));
     }
 }

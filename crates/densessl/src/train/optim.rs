@@ -1,8 +1,11 @@
-//! SGD settings and the burn optimiser they build.
+//! SGD settings, the burn optimiser they build, and the step that applies an encoder LR
+//! multiplier (parameter groups by sub-module).
 
+use burn::module::{Module, ParamGroup};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{ModuleOptimizer, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::Gradients;
 use serde::{Deserialize, Serialize};
 
 /// SGD with momentum and weight decay (`[optim]` in a config).
@@ -15,20 +18,113 @@ pub struct OptimConfig {
     pub momentum: f64,
     /// Weight decay (L2, added to the gradient as in PyTorch's SGD).
     pub weight_decay: f64,
+    /// The encoder's LR is `lr × encoder_lr_mult` (e.g. 0.01 to continue from a checkpoint
+    /// gently); heads, decoders and projections use `lr`.
+    pub encoder_lr_mult: f64,
+    /// No weight decay on BatchNorm γ/β and on biases.
+    pub no_decay_norm_bias: bool,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { lr: 0.03, momentum: 0.9, weight_decay: 1e-4 }
+        Self { lr: 0.03, momentum: 0.9, weight_decay: 1e-4, encoder_lr_mult: 1.0, no_decay_norm_bias: false }
     }
 }
 
+/// Parameters exempt from weight decay under `no_decay_norm_bias`: biases and BN γ/β.
+fn norm_and_bias() -> ParamGroup {
+    ParamGroup::from_regex(r"(^|\.)(bias|gamma|beta)$").expect("fixed pattern compiles")
+}
+
 impl OptimConfig {
-    /// burn's SGD with these settings.
-    pub fn sgd(&self) -> ModuleOptimizer {
+    fn sgd_config(&self, weight_decay: f64) -> SgdConfig {
         SgdConfig::new()
             .with_momentum(Some(MomentumConfig::new().with_momentum(self.momentum)))
-            .with_weight_decay(Some(WeightDecayConfig::new(self.weight_decay as f32)))
-            .init()
+            .with_weight_decay((weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)))
+    }
+
+    /// burn's SGD with these settings (a second group without decay if `no_decay_norm_bias`).
+    pub fn sgd(&self) -> ModuleOptimizer {
+        let optim = self.sgd_config(self.weight_decay).init();
+        if self.no_decay_norm_bias {
+            optim.with_group(norm_and_bias(), self.sgd_config(0.0).build(), None)
+        } else {
+            optim
+        }
+    }
+
+    /// One SGD step where the parameters of `encoder(model)` move at `lr × encoder_lr_mult`
+    /// and the rest at `lr`.
+    pub fn step<M: Module, E: Module>(
+        &self,
+        optim: &mut ModuleOptimizer,
+        lr: f64,
+        model: M,
+        mut grads: Gradients,
+        encoder: impl Fn(&M) -> &E,
+    ) -> M {
+        if self.encoder_lr_mult == 1.0 {
+            let grads = GradientsParams::from_grads(grads, &model);
+            return optim.step(lr, model, grads);
+        }
+        let encoder_grads = GradientsParams::from_module(&mut grads, encoder(&model));
+        let other_grads = GradientsParams::from_grads(grads, &model);
+        let model = optim.step(lr * self.encoder_lr_mult, model, encoder_grads);
+        optim.step(lr, model, other_grads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+    use burn::tensor::{Device, Tensor};
+
+    #[derive(Module, Debug)]
+    struct Toy {
+        encoder: Linear,
+        norm: BatchNorm,
+        head: Linear,
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec().unwrap()
+    }
+
+    #[test]
+    fn encoder_multiplier_and_no_decay_groups() {
+        let device = Device::flex().autodiff();
+        let toy = Toy {
+            encoder: LinearConfig::new(3, 3).init(&device),
+            norm: BatchNormConfig::new(3).init(&device),
+            head: LinearConfig::new(3, 3).init(&device),
+        };
+        let (e0, h0) = (values(toy.encoder.weight.val()), values(toy.head.weight.val()));
+        let bias0 = values(toy.head.bias.as_ref().unwrap().val());
+        // A loss through encoder and head (not BN): equal raw gradients are not needed, only
+        // that each group moves by its own LR.
+        let x = Tensor::<2>::ones([2, 3], &device);
+        let loss = toy.head.forward(toy.encoder.forward(x)).sum();
+        let config = OptimConfig { lr: 0.1, momentum: 0.0, weight_decay: 0.5, encoder_lr_mult: 0.0, no_decay_norm_bias: true };
+        let mut optim = config.sgd();
+        let toy = config.step(&mut optim, 0.1, toy, loss.backward(), |t: &Toy| &t.encoder);
+        assert_eq!(values(toy.encoder.weight.val()), e0, "encoder LR × 0 leaves the encoder alone");
+        assert_ne!(values(toy.head.weight.val()), h0, "the head moves");
+        // γ has no gradient here; with decay it would shrink, without it stays.
+        // The head weight decays: w ← w − lr·(g + wd·w), with g[i][j] = Σ_batch h[i] = 2·h[i].
+        let be = values(toy.encoder.bias.as_ref().unwrap().val());
+        let h: Vec<f32> = (0..3).map(|i| (0..3).map(|k| e0[k * 3 + i]).sum::<f32>() + be[i]).collect();
+        let w1 = values(toy.head.weight.val());
+        for i in 0..3 {
+            for j in 0..3 {
+                let expected = h0[i * 3 + j] - 0.1 * (2.0 * h[i] + 0.5 * h0[i * 3 + j]);
+                assert!((w1[i * 3 + j] - expected).abs() < 1e-5, "weight decays");
+            }
+        }
+        // The head bias gets gradient 2 per output (batch of 2, sum loss), without decay.
+        let bias: Vec<f32> = values(toy.head.bias.as_ref().unwrap().val());
+        for (b, b0) in bias.iter().zip(&bias0) {
+            assert!((b - (b0 - 0.1 * 2.0)).abs() < 1e-6, "bias {b} from {b0}");
+        }
     }
 }
