@@ -33,7 +33,7 @@ Config sections (all optional; defaults in brackets; see configs/finetune/*.toml
 Protocols (--protocol NAME, a layer under the config file and --set):
   moco-fcn-513-30k  R50 OS16, moco-fcn, 513 crops, lr 0.003, step ×0.1 at 21k/27k, 30k × 16
   mmseg-512-20k     R50 OS8, fcn + aux, 512 crops, rescale 0.5-2, photometric, lr 0.01 poly, 20k × 16
-  mini              FashionScenes (data/fashion-scenes), R18 w16 OS8, 64 crops, lr 0.05 poly, 500 × 16";
+  mini              FashionScenes (in memory), R18 w16 OS8, 64 crops, lr 0.1 poly, 500 × 16";
 
 /// `densessl finetune [--protocol NAME] [--config FILE.toml] [--init CHECKPOINT] [--set key=value ...]`
 #[derive(Args, Debug)]

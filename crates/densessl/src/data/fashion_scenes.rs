@@ -27,8 +27,9 @@ pub const CLASS_NAMES: [&str; NUM_CLASSES] = [
 pub const DEFAULT_SOURCE: &str = "/usr/share/datasets/fashion-mnist";
 /// Side of a Fashion-MNIST item.
 const ITEM: usize = 28;
-/// Intensity from which an item pixel counts as covered (and is labelled).
-const COVER_THRESHOLD: f32 = 0.15;
+/// Intensity from which an item pixel counts as covered (and is labelled); the item is drawn
+/// opaque from there, so the label is exactly its visible silhouette.
+const COVER_THRESHOLD: f32 = 0.1;
 
 /// Which scenes: each stream is an independent sequence of scenes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +185,7 @@ impl FashionScenesConfig {
                 ^ stream_key.wrapping_mul(0xA24B_AED4_963E_E407),
         );
         let s = self.size as f32;
-        let background = Texture::random(&mut rng, 0.5);
+        let background = Texture::random(&mut rng, 0.35);
         let background_noise: u32 = rng.random();
         let mut image = RgbImage::from_fn(self.size, self.size, |x, y| {
             let mut c = background.colour(x as f32 / s, y as f32 / s);
@@ -200,7 +201,7 @@ impl FashionScenesConfig {
             let (cx, cy) = (rng.random_range(0.15..0.85) * s, rng.random_range(0.15..0.85) * s);
             let mirror = rng.random_bool(0.5);
             let tint = [0; 3].map(|_| rng.random_range(40.0f32..255.0));
-            let shade = rng.random_range(0.2f32..0.5);
+            let shade = rng.random_range(0.35f32..0.6);
             let noise_seed: u32 = rng.random();
             let (left, top) = (cx - side / 2.0, cy - side / 2.0);
             let x_range = (left.floor().max(0.0) as u32)..((left + side).ceil().min(s) as u32);
@@ -214,7 +215,8 @@ impl FashionScenesConfig {
                         u = ITEM as f32 - u;
                     }
                     let intensity = items.sample(item, u, v);
-                    let alpha = (intensity * 3.0).min(1.0);
+                    // Anti-aliased edge: transparent below half the threshold, opaque from it.
+                    let alpha = ((intensity - 0.5 * COVER_THRESHOLD) / (0.5 * COVER_THRESHOLD)).clamp(0.0, 1.0);
                     if alpha <= 0.0 {
                         continue;
                     }

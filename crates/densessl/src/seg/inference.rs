@@ -83,3 +83,46 @@ impl InferenceConfig {
         sum.expect("at least one window") / count
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::heads::HeadConfig;
+    use crate::models::segmenter::EncoderConfig;
+    use burn::module::Module;
+    use burn::tensor::{Device, Distribution};
+
+    fn model(device: &Device) -> Segmenter {
+        let encoder = EncoderConfig { base_width: 4, output_stride: 8, ..EncoderConfig::default() };
+        let head = HeadConfig { name: "fcn".into(), channels: Some(8), ..HeadConfig::default() };
+        Segmenter::new(&encoder, &head, 3, device).unwrap().valid()
+    }
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().try_to_vec().unwrap()
+    }
+
+    #[test]
+    fn slide_equals_whole_for_one_window_and_tiles_disjoint_windows() {
+        let device = Device::flex();
+        let model = model(&device);
+        let x = Tensor::<4>::random([1, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let whole = InferenceConfig::default();
+        let one = InferenceConfig { mode: "slide".into(), window: 48, stride: 16, flip: false };
+        let (a, b) = (values(whole.probabilities(&model, x.clone())), values(one.probabilities(&model, x.clone())));
+        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-6));
+        // Disjoint 16-px windows: each quadrant is the model's own output on that quadrant.
+        let tiles = InferenceConfig { mode: "slide".into(), window: 16, stride: 16, flip: false };
+        let slid = tiles.probabilities(&model, x.clone());
+        for (y, xx) in [(0, 0), (0, 16), (16, 0), (16, 16)] {
+            let quadrant = x.clone().slice([0..1, 0..3, y..y + 16, xx..xx + 16]);
+            let expected = values(softmax(model.forward(quadrant), 1));
+            let got = values(slid.clone().slice([0..1, 0..3, y..y + 16, xx..xx + 16]));
+            assert!(expected.iter().zip(&got).all(|(p, q)| (p - q).abs() < 1e-5), "quadrant ({y}, {xx})");
+        }
+        // Flip averaging is symmetric: flipping the input flips the output.
+        let flip = InferenceConfig { flip: true, ..InferenceConfig::default() };
+        let (p, q) = (values(flip.probabilities(&model, x.clone()).flip([3])), values(flip.probabilities(&model, x.flip([3]))));
+        assert!(p.iter().zip(&q).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+}
