@@ -1,11 +1,14 @@
 //! Segmentation heads against PyTorch re-implementations of mmsegmentation's heads with the
 //! same tensor names (`tools/fixtures/heads.py`): weights load by name, logits agree.
 
+mod common;
+
 use burn::module::Module;
 use burn::store::{KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 use densessl::models::heads::HeadConfig;
 use densessl::models::resnet::Features;
+use common::assert_relative_close;
 use safetensors::SafeTensors;
 
 /// Relative to the largest logit.
@@ -47,9 +50,7 @@ fn assert_close(got: Tensor<4>, expected: Tensor<4>, what: &str) {
     assert_eq!(got.dims(), expected.dims(), "{what}: shape");
     let (got, expected): (Vec<f32>, Vec<f32>) =
         (got.into_data().try_to_vec().unwrap(), expected.into_data().try_to_vec().unwrap());
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(worst <= TOLERANCE * scale, "{what}: max error {worst} (scale {scale})");
+    assert_relative_close(&got, &expected, TOLERANCE, what);
 }
 
 #[test]

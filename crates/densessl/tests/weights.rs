@@ -1,6 +1,8 @@
 //! Import, export and forward parity with PyTorch on narrow torchvision-layout ResNets written
 //! by `tools/fixtures/resnet_weights.py`.
 
+mod common;
+
 use std::path::PathBuf;
 
 use burn::module::Module;
@@ -8,6 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use densessl::models::segmenter::EncoderConfig;
 use densessl::weights::export::export_torchvision;
 use densessl::weights::import::{ImportOptions, SourceFormat, load_encoder};
+use common::assert_relative_close;
 use safetensors::SafeTensors;
 
 /// Features go through ~20 convolutions with BN; float32 summation order differs from PyTorch.
@@ -40,9 +43,7 @@ fn check_features(net: &densessl::models::resnet::ResNet, fixture_prefix: &str) 
         let (expected, shape) = get(&bytes, &format!("{fixture_prefix}.{name}"));
         assert_eq!(got.dims().to_vec(), shape, "{fixture_prefix}.{name} shape");
         let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
-        let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(worst <= RELATIVE_TOLERANCE * scale, "{fixture_prefix}.{name}: max error {worst} (scale {scale})");
+        assert_relative_close(&got, &expected, RELATIVE_TOLERANCE, &format!("{fixture_prefix}.{name}"));
     }
 }
 
