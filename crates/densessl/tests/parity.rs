@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use densessl::models::resize::resize_bilinear;
-use densessl::pretext::losses::info_nce;
+use densessl::pretext::losses::{info_nce, mean_cosine, nt_xent};
 use densessl::seg::loss::masked_cross_entropy;
 use safetensors::SafeTensors;
 
@@ -12,7 +12,11 @@ struct Fixture(Vec<u8>);
 
 impl Fixture {
     fn load() -> Self {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/resize_and_losses.safetensors");
+        Self::named("resize_and_losses.safetensors")
+    }
+
+    fn named(file: &str) -> Self {
+        let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
         Self(std::fs::read(path).expect("fixture present"))
     }
 
@@ -78,4 +82,20 @@ fn masked_cross_entropy_matches_torch_ignore_index() {
     let got = masked_cross_entropy(f.tensor("ce_logits", &device), labels, 255).into_scalar::<f32>();
     let expected = f.get("ce_loss").0[0];
     assert!((got - expected).abs() < TOLERANCE, "{got} vs {expected}");
+}
+
+#[test]
+fn nt_xent_and_cosine_losses_match_pytorch() {
+    let f = Fixture::named("ssl_losses.safetensors");
+    let device = Device::flex();
+    for tau in [0.5, 0.1] {
+        let (loss, _) = nt_xent(f.tensor("ntxent_z1", &device), f.tensor("ntxent_z2", &device), tau);
+        let expected = f.get(&format!("ntxent_loss_tau{tau}")).0[0];
+        let got = loss.into_scalar::<f32>();
+        assert!((got - expected).abs() < TOLERANCE * expected.abs().max(1.0), "NT-Xent τ {tau}: {got} vs {expected}");
+    }
+    let cos = mean_cosine(f.tensor("cos_p", &device), f.tensor("cos_z", &device)).into_scalar::<f32>();
+    let (byol, simsiam) = (f.get("byol_loss").0[0], f.get("simsiam_loss").0[0]);
+    assert!((2.0 - 2.0 * cos - byol).abs() < TOLERANCE, "BYOL {} vs {byol}", 2.0 - 2.0 * cos);
+    assert!((-cos - simsiam).abs() < TOLERANCE, "SimSiam {} vs {simsiam}", -cos);
 }

@@ -2,7 +2,7 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
@@ -40,5 +40,66 @@ impl MlpProjector {
     /// `[B, d_input]` → `[B, d_output]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.fc2.forward(relu(self.fc1.forward(x)))
+    }
+}
+
+/// A general MLP head: `dims[0] → … → dims[n]`, each hidden layer Linear → BN → ReLU
+/// (BN optional), the last Linear optionally followed by BN (SimSiam's projector).
+/// SimCLR, BYOL and SimSiam projectors and predictors are instances.
+#[derive(Config, Debug)]
+pub struct MlpConfig {
+    /// Layer widths, input first (at least two entries).
+    pub dims: Vec<usize>,
+    /// BatchNorm after each hidden Linear.
+    #[config(default = true)]
+    pub batch_norm: bool,
+    /// BatchNorm after the last Linear.
+    #[config(default = false)]
+    pub last_batch_norm: bool,
+}
+
+/// The MLP.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    linears: Vec<Linear>,
+    norms: Vec<BatchNorm>,
+    last_norm: Option<BatchNorm>,
+}
+
+impl MlpConfig {
+    /// Builds the MLP.
+    pub fn init(&self, device: &Device) -> Mlp {
+        assert!(self.dims.len() >= 2, "an MLP needs input and output widths");
+        let n = self.dims.len() - 1;
+        let linears = (0..n).map(|i| LinearConfig::new(self.dims[i], self.dims[i + 1]).init(device)).collect();
+        let norms = if self.batch_norm {
+            (1..n).map(|i| BatchNormConfig::new(self.dims[i]).init(device)).collect()
+        } else {
+            Vec::new()
+        };
+        let last_norm = self.last_batch_norm.then(|| BatchNormConfig::new(self.dims[n]).init(device));
+        Mlp { linears, norms, last_norm }
+    }
+}
+
+impl Mlp {
+    /// # Shapes
+    /// `[B, dims[0]]` → `[B, dims[n]]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let n = self.linears.len();
+        let mut x = x;
+        for (i, linear) in self.linears.iter().enumerate() {
+            x = linear.forward(x);
+            if i + 1 < n {
+                if let Some(norm) = self.norms.get(i) {
+                    x = norm.forward(x);
+                }
+                x = relu(x);
+            }
+        }
+        match &self.last_norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Contrastive losses.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 /// Rows scaled to unit L2 norm.
 ///
@@ -25,6 +25,38 @@ pub fn info_nce(queries: Tensor<2>, keys: Tensor<2>, queue: Tensor<2>, temperatu
     let logits = Tensor::cat(vec![positive, negative], 1) / temperature;
     let loss = -log_softmax(logits.clone(), 1).slice([0..n, 0..1]).mean();
     (loss, logits)
+}
+
+/// SimCLR's NT-Xent (Chen et al. 2020): for 2N embeddings, each one's positive is its other
+/// view, its negatives the other 2N − 2; cosine similarities over `temperature`, cross-entropy
+/// averaged over all 2N. Returns the loss and the top-1 accuracy of finding the positive.
+///
+/// # Shapes
+/// `z1`, `z2` `[N, D]` (any norm) → loss `[1]`, accuracy
+pub fn nt_xent(z1: Tensor<2>, z2: Tensor<2>, temperature: f64) -> (Tensor<1>, f64) {
+    let [n, _] = z1.dims();
+    let device = z1.device();
+    let z = l2_normalize(Tensor::cat(vec![z1, z2], 0)); // [2N, D]
+    let eye: Vec<f32> = (0..4 * n * n).map(|k| if k / (2 * n) == k % (2 * n) { 1.0 } else { 0.0 }).collect();
+    let eye = Tensor::<2>::from_data(TensorData::new(eye, [2 * n, 2 * n]), &device);
+    // Self-similarity is excluded by a large negative logit.
+    let logits = z.clone().matmul(z.transpose()) / temperature - eye * 1e9;
+    let positive: Vec<f32> =
+        (0..4 * n * n).map(|k| if k % (2 * n) == (k / (2 * n) + n) % (2 * n) { 1.0 } else { 0.0 }).collect();
+    let positive = Tensor::<2>::from_data(TensorData::new(positive, [2 * n, 2 * n]), &device);
+    let log_p = log_softmax(logits.clone(), 1);
+    let loss = -(log_p * positive.clone()).sum_dim(1).mean();
+    let hits = logits.detach().argmax(1).equal(positive.argmax(1)).int().sum().into_scalar::<i64>();
+    (loss, hits as f64 / (2 * n) as f64)
+}
+
+/// Mean cosine similarity between rows of `p` and of `z` (gradient flows into both; detach
+/// `z` for the stop-gradient of BYOL and SimSiam).
+///
+/// # Shapes
+/// `[N, D]`, `[N, D]` → `[1]`
+pub fn mean_cosine(p: Tensor<2>, z: Tensor<2>) -> Tensor<1> {
+    (l2_normalize(p) * l2_normalize(z)).sum_dim(1).mean()
 }
 
 #[cfg(test)]
@@ -57,5 +89,20 @@ mod tests {
         let x = l2_normalize(t(&[&[3.0, 4.0], &[0.0, -2.0]]));
         let v = x.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(v, vec![0.6, 0.8, 0.0, -1.0]);
+    }
+
+    #[test]
+    fn nt_xent_closed_form_and_cosine_extremes() {
+        // Two pairs of identical, mutually orthogonal embeddings: each row's positive has
+        // similarity 1, the other two 0: loss = -log(e^{1/τ} / (e^{1/τ} + 2)).
+        let z = t(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let tau = 0.5;
+        let (loss, acc) = nt_xent(z.clone(), z, tau);
+        let expected = -((1.0f64 / tau).exp() / ((1.0f64 / tau).exp() + 2.0)).ln();
+        assert!((loss.into_scalar::<f32>() as f64 - expected).abs() < 1e-5);
+        assert_eq!(acc, 1.0);
+        let a = t(&[&[1.0, 2.0], &[3.0, -1.0]]);
+        assert!((mean_cosine(a.clone(), a.clone() * 3.0).into_scalar::<f32>() - 1.0).abs() < 1e-6);
+        assert!((mean_cosine(a.clone(), -a).into_scalar::<f32>() + 1.0).abs() < 1e-6);
     }
 }

@@ -1,5 +1,7 @@
-//! MoCo v2 (He et al. 2020; Chen et al. 2020): a query encoder trained with InfoNCE against
-//! keys from a momentum encoder and a queue of past keys. Layout after facebookresearch/moco
+//! MoCo v1 and v2 (He et al. 2020; Chen et al. 2020): a query encoder trained with InfoNCE
+//! against keys from a momentum encoder and a queue of past keys. v1: linear 128-d
+//! projection, τ 0.07, no blur; v2: 2-layer MLP projection, τ 0.2, blur (and cosine LR, set
+//! in `[schedule]`). Layout after facebookresearch/moco
 //! `builder.py`: side effects (momentum update, enqueue) in small named helpers.
 //!
 //! Shuffle-BN has no meaning on one device; its split-batch substitute is used instead: the
@@ -13,16 +15,15 @@ use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::losses::{info_nce, l2_normalize};
 use super::momentum::momentum_update;
-use super::{BuildContext, PretextMethod, StepOutput};
-use crate::models::projector::{MlpProjector, MlpProjectorConfig};
+use super::{BuildContext, PretextMethod, Progress, StepOutput};
+use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
-use crate::views::{FloatImage, batch_tensor};
+use crate::views::batch_tensor;
 use crate::{Error, Result};
 
 /// Settings of MoCo (`[method]` in a pre-training config).
@@ -31,6 +32,8 @@ use crate::{Error, Result};
 pub struct MocoSettings {
     /// Projection dimension.
     pub dim: usize,
+    /// `linear` (MoCo v1) or `mlp` (MoCo v2: Linear → ReLU → Linear).
+    pub projector: String,
     /// Number of negative keys kept (65,536 in the paper).
     pub queue_size: usize,
     /// Softmax temperature τ.
@@ -47,6 +50,7 @@ impl Default for MocoSettings {
     fn default() -> Self {
         Self {
             dim: 128,
+            projector: "mlp".into(),
             queue_size: 65_536,
             temperature: 0.2,
             momentum: 0.999,
@@ -61,8 +65,8 @@ impl Default for MocoSettings {
 pub struct MocoNet {
     /// The encoder.
     pub backbone: ResNet,
-    /// The MLP projector.
-    pub projector: MlpProjector,
+    /// The projector (one Linear for v1, Linear → ReLU → Linear for v2).
+    pub projector: Mlp,
 }
 
 impl MocoNet {
@@ -73,8 +77,9 @@ impl MocoNet {
     }
 }
 
-/// MoCo v2 with its state.
+/// MoCo (v1 or v2) with its state.
 pub struct Moco {
+    name: &'static str,
     online: MocoNet,
     key: MocoNet,
     /// `[K, dim]`, unit rows, no gradient.
@@ -87,25 +92,38 @@ pub struct Moco {
 
 /// Builds `moco-v2` from its `[method]` settings.
 pub fn build_v2(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
-    Ok(Box::new(Moco::new(context)?))
+    Ok(Box::new(Moco::new("moco-v2", MocoSettings::default(), context)?))
+}
+
+/// Builds `moco-v1`: linear projection, τ 0.07, MoCo v1's augmentation.
+pub fn build_v1(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
+    let defaults = MocoSettings {
+        projector: "linear".into(),
+        temperature: 0.07,
+        augment: ViewAugment::moco_v1(224),
+        ..MocoSettings::default()
+    };
+    Ok(Box::new(Moco::new("moco-v1", defaults, context)?))
 }
 
 impl Moco {
-    /// Builds MoCo v2 from its `[method]` settings.
-    pub fn new(context: BuildContext) -> Result<Self> {
-    let mut settings: MocoSettings = toml::Value::Table(context.settings)
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::Config { source_name: "[method]".into(), message: e.to_string() })?;
+    /// Builds MoCo from its defaults overridden by the `[method]` settings.
+    pub fn new(name: &'static str, defaults: MocoSettings, context: BuildContext) -> Result<Self> {
+    let mut settings = super::parse_settings(defaults, context.settings)?;
     settings.augment.size = context.view_size;
+    if !matches!(settings.projector.as_str(), "linear" | "mlp") {
+        return Err(Error::Invalid(format!("method.projector must be \"linear\" or \"mlp\", got \"{}\"", settings.projector)));
+    }
     if settings.queue_size == 0 || settings.key_bn_groups == 0 {
         return Err(Error::Invalid("method.queue_size and method.key_bn_groups must be positive".into()));
     }
     let device = context.device.clone();
     let resnet = context.encoder.resnet()?;
     let c5 = resnet.channels()[3];
+    let dims = if settings.projector == "linear" { vec![c5, settings.dim] } else { vec![c5, c5, settings.dim] };
     let net = || MocoNet {
         backbone: resnet.init(&device),
-        projector: MlpProjectorConfig::new(c5, c5).with_d_output(settings.dim).init(&device),
+        projector: MlpConfig::new(dims.clone()).with_batch_norm(false).init(&device),
     };
     let online = net();
     // The key encoder starts as an exact copy (m = 0) and never receives gradients. It is
@@ -113,7 +131,7 @@ impl Moco {
     let key = momentum_update(net().no_grad(), &online, 0.0);
     let queue = random_unit_rows(settings.queue_size, settings.dim, &device);
     let optim = context.optim.sgd();
-    Ok(Moco { online, key, queue, queue_ptr: 0, optim, settings, device })
+    Ok(Moco { name, online, key, queue, queue_ptr: 0, optim, settings, device })
     }
 }
 
@@ -166,25 +184,14 @@ impl Moco {
     }
 }
 
-fn two_views(augment: &ViewAugment, images: &[&RgbImage], rng: &mut ChaCha8Rng) -> (Vec<FloatImage>, Vec<FloatImage>) {
-    let seeds: Vec<u64> = images.iter().map(|_| rng.random()).collect();
-    images
-        .par_iter()
-        .zip(seeds)
-        .map(|(image, seed)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (augment.view(image, &mut rng).image, augment.view(image, &mut rng).image)
-        })
-        .unzip()
-}
-
 impl PretextMethod for Moco {
     fn name(&self) -> &'static str {
-        "moco-v2"
+        self.name
     }
 
-    fn step(&mut self, images: &[&RgbImage], rng: &mut ChaCha8Rng, lr: f64) -> Result<StepOutput> {
-        let (v1, v2) = two_views(&self.settings.augment, images, rng);
+    fn step(&mut self, images: &[&RgbImage], rng: &mut ChaCha8Rng, progress: Progress) -> Result<StepOutput> {
+        let augment = &self.settings.augment;
+        let (v1, v2) = super::two_views(augment, augment, images, rng);
         let (xq, xk) = (batch_tensor(&v1, &self.device), batch_tensor(&v2, &self.device));
         let queries = self.online.embed(xq);
         // MoCo updates the key encoder before computing this step's keys.
@@ -193,7 +200,7 @@ impl PretextMethod for Moco {
         let (loss, logits) = info_nce(queries, keys.clone(), self.queue.clone(), self.settings.temperature);
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &self.online);
-        self.online = self.optim.step(lr, self.online.clone(), grads);
+        self.online = self.optim.step(progress.lr, self.online.clone(), grads);
         self.dequeue_and_enqueue(keys);
         let hits = logits.detach().argmax(1).equal_elem(0).int().sum().into_scalar::<i64>();
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", hits as f64 / images.len() as f64)] })
@@ -229,8 +236,8 @@ mod tests {
         settings.insert("queue_size".into(), toml::Value::Integer(queue_size as i64));
         settings.insert("dim".into(), toml::Value::Integer(8));
         let device = Device::flex().autodiff();
-        Moco::new(BuildContext { encoder: &encoder, optim: &OptimConfig::default(), view_size: 32, settings, device: &device })
-            .unwrap()
+        let context = BuildContext { encoder: &encoder, optim: &OptimConfig::default(), view_size: 32, settings, device: &device };
+        Moco::new("moco-v2", MocoSettings::default(), context).unwrap()
     }
 
     #[test]
@@ -261,6 +268,28 @@ mod tests {
         let got: Vec<f32> = m.keys(x, &mut ChaCha8Rng::seed_from_u64(1)).into_data().try_to_vec().unwrap();
         for (a, b) in got.iter().zip(&expected) {
             assert!((a - b).abs() < 1e-5, "{got:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn steps_on_a_fixed_batch_lower_the_loss_against_a_fixed_queue() {
+        for (name, defaults) in [("moco-v1", ViewAugment::moco_v1(32)), ("moco-v2", ViewAugment::moco_v2(32))] {
+            let mut m = tiny(64);
+            m.name = name;
+            m.settings.augment = defaults;
+            m.settings.momentum = 0.0; // keys follow the online network at once
+            let images: Vec<RgbImage> = (0..8u32)
+                .map(|i| RgbImage::from_fn(40, 40, |x, y| image::Rgb([((x * (i + 1)) % 256) as u8, ((y * 7 + i * 30) % 256) as u8, (i * 31) as u8])))
+                .collect();
+            let batch: Vec<&RgbImage> = images.iter().collect();
+            let initial_queue = m.queue.clone();
+            let mut losses = Vec::new();
+            for step in 0..6 {
+                (m.queue, m.queue_ptr) = (initial_queue.clone(), 0);
+                let mut rng = ChaCha8Rng::seed_from_u64(3);
+                losses.push(m.step(&batch, &mut rng, Progress { lr: 0.05, step, total: 6 }).unwrap().loss);
+            }
+            assert!(losses[5] < losses[0], "{name}: {losses:?}");
         }
     }
 }

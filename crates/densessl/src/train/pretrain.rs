@@ -171,7 +171,7 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
         let batch: Vec<&image::RgbImage> =
             sample(&mut rng, images.len(), config.train.batch_size).iter().map(|i| images[i]).collect();
-        let out = method.step(&batch, &mut rng, lr)?;
+        let out = method.step(&batch, &mut rng, crate::pretext::Progress { lr, step, total })?;
         if !out.loss.is_finite() {
             return Err(Error::Training {
                 step,

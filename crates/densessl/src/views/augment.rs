@@ -60,6 +60,18 @@ impl ViewAugment {
         Self { size, ..Self::default() }
     }
 
+    /// MoCo v1's augmentation (He et al. 2020): crop 0.2–1, greyscale p 0.2, ColorJitter(0.4,
+    /// 0.4, 0.4, 0.4) always, flip; no blur.
+    pub fn moco_v1(size: usize) -> Self {
+        Self { size, jitter: [0.4, 0.4, 0.4, 0.4], jitter_p: 1.0, blur_p: 0.0, ..Self::default() }
+    }
+
+    /// SimCLR's augmentation (Chen et al. 2020): crop 0.08–1, flip, ColorJitter(0.8, 0.8, 0.8,
+    /// 0.2) p 0.8, greyscale p 0.2, blur p 0.5.
+    pub fn simclr(size: usize) -> Self {
+        Self { size, crop_scale: (0.08, 1.0), jitter: [0.8, 0.8, 0.8, 0.2], ..Self::default() }
+    }
+
     /// BYOL's augmentation of the first (`second = false`) or second view.
     pub fn byol(size: usize, second: bool) -> Self {
         Self {
