@@ -9,13 +9,25 @@ use crate::RunArgs;
 const HELP: &str = "\
 Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml):
   seed [0]
-  [data]      source [\"procedural\" | VOC root], size [64], train [1000], seed [0]
+  [data]      source [\"procedural\" | \"fashion-scenes\" | VOC root], size [64], train [1000],
+              val [200], seed [0], unlabeled [folder of images, used instead of the train split],
+              unlabeled_count [4000, fashion-scenes]
   [encoder]   arch [resnet18|34|50|101], base_width [64], output_stride [32|16|8]
-  [method]    name [\"moco-v2\"] + its settings; moco-v2: dim [128], queue_size [65536],
-              temperature [0.2], momentum [0.999], key_bn_groups [2], [method.augment]
-  [optim]     lr [0.03], momentum [0.9], weight_decay [1e-4]
+  [method]    name [moco-v1 | moco-v2 | simclr | byol | simsiam | rotation] + its settings
+              (every default is written to the run's config.toml):
+              moco-v1/v2: dim, projector [linear|mlp], queue_size, temperature, momentum,
+                          key_bn_groups, [method.augment]
+              simclr: dim, hidden, temperature [0.5], [method.augment]
+              byol: dim [256], hidden [4096], base_momentum [0.996], [method.augment_first|second]
+              simsiam: dim [2048], pred_hidden [512], fix_predictor_lr [true], [method.augment]
+              rotation: [method.augment]
+  [optim]     lr [0.03], momentum [0.9], weight_decay [1e-4], encoder_lr_mult [1.0],
+              no_decay_norm_bias [false]
   [schedule]  kind [cosine|step|poly|linear|constant], warmup_steps [0], milestones, gamma, power
-  [train]     steps [200], batch_size [32], view_size [64], log_every [10], checkpoint_every [0]";
+  [train]     steps [200] or epochs [0], batch_size [32], view_size [64], log_every [10],
+              checkpoint_every [0]
+  [monitor]   every [0 = off]: weighted kNN accuracy on the labelled splits of [data], k [20],
+              temperature [0.07], max_images [1000]";
 
 /// `densessl pretrain --config FILE.toml [--set key=value ...]`
 #[derive(Args, Debug)]

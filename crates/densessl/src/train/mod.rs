@@ -2,6 +2,7 @@
 //! learning-rate schedules, checkpoints, progress bars and the pre-training loop.
 
 pub mod checkpoint;
+pub mod knn;
 pub mod optim;
 pub mod pretrain;
 pub mod progress;

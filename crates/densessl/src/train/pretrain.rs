@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, CheckpointInfo};
+use super::knn::{KnnConfig, KnnMonitor};
 use super::run_dir::{ManifestInfo, RunDir};
 use super::schedule::ScheduleConfig;
 use crate::data::DataConfig;
@@ -27,6 +28,8 @@ pub const DEFAULT_METHOD: &str = "moco-v2";
 pub struct PretrainLoop {
     /// Optimisation steps.
     pub steps: usize,
+    /// If > 0: train this many passes over the images instead (steps = ⌈epochs·N / batch⌉).
+    pub epochs: usize,
     /// Images per step.
     pub batch_size: usize,
     /// Side of the augmented views in pixels.
@@ -39,7 +42,7 @@ pub struct PretrainLoop {
 
 impl Default for PretrainLoop {
     fn default() -> Self {
-        Self { steps: 200, batch_size: 32, view_size: 64, log_every: 10, checkpoint_every: 0 }
+        Self { steps: 200, epochs: 0, batch_size: 32, view_size: 64, log_every: 10, checkpoint_every: 0 }
     }
 }
 
@@ -61,6 +64,8 @@ pub struct PretrainConfig {
     pub schedule: ScheduleConfig,
     /// Loop settings.
     pub train: PretrainLoop,
+    /// Optional kNN accuracy monitor on the labelled splits of `data`.
+    pub monitor: KnnConfig,
 }
 
 impl Default for PretrainConfig {
@@ -75,6 +80,7 @@ impl Default for PretrainConfig {
             optim: OptimConfig::default(),
             schedule: ScheduleConfig::default(),
             train: PretrainLoop::default(),
+            monitor: KnnConfig::default(),
         }
     }
 }
@@ -105,8 +111,8 @@ pub struct PretrainOutcome {
 pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutcome> {
     let start = Instant::now();
     config.schedule.check()?;
-    if config.train.batch_size == 0 || config.train.steps == 0 {
-        return Err(Error::Invalid("train.steps and train.batch_size must be positive".into()));
+    if config.train.batch_size == 0 || (config.train.steps == 0 && config.train.epochs == 0) {
+        return Err(Error::Invalid("train.steps (or train.epochs) and train.batch_size must be positive".into()));
     }
     let device = options.device.init()?;
     device.seed(config.seed);
@@ -161,7 +167,16 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
     run.log_metrics(&serde_json::json!({"event": "start", "method": name, "notes": method.notes()}))?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xA11CE);
-    let total = config.train.steps;
+    let total = if config.train.epochs > 0 {
+        (config.train.epochs * images.len()).div_ceil(config.train.batch_size)
+    } else {
+        config.train.steps
+    };
+    let monitor = if config.monitor.every > 0 {
+        Some((KnnMonitor::new(&config.monitor, &config.data, config.train.view_size)?, options.device.init_plain()?))
+    } else {
+        None
+    };
     let bar = super::progress::bar(total, "pretrain");
     let info = CheckpointInfo::Encoder { encoder: config.encoder.clone() };
     let mut window = Vec::new();
@@ -196,6 +211,12 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
             last_window_mean = mean;
             window.clear();
             tick = Instant::now();
+        }
+        if let Some((monitor, plain)) = &monitor
+            && (done % config.monitor.every == 0 || done == total)
+        {
+            let accuracy = monitor.accuracy(&method.encoder(), plain);
+            run.log_metrics(&serde_json::json!({"step": done, "knn_acc": accuracy}))?;
         }
         if config.train.checkpoint_every > 0 && done % config.train.checkpoint_every == 0 && done < total {
             checkpoint::save(&method.encoder(), &info, &run.checkpoint_path(&format!("encoder-step{done}.safetensors")))?;
