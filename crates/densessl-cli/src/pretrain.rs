@@ -9,6 +9,7 @@ use crate::RunArgs;
 const HELP: &str = "\
 Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml):
   seed [0]
+  init        encoder checkpoint to continue from [none]; --init overrides; init_from [auto]
   [data]      source [\"procedural\" | \"fashion-scenes\" | VOC root], size [64], train [1000],
               val [200], seed [0], unlabeled [folder of images, used instead of the train split],
               unlabeled_count [4000, fashion-scenes]
@@ -29,13 +30,17 @@ Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml
   [monitor]   every [0 = off]: weighted kNN accuracy on the labelled splits of [data], k [20],
               temperature [0.07], max_images [1000]";
 
-/// `densessl pretrain --config FILE.toml [--set key=value ...]`
+/// `densessl pretrain --config FILE.toml [--init CHECKPOINT] [--set key=value ...]`
 #[derive(Args, Debug)]
 #[command(after_help = HELP)]
 pub struct PretrainArgs {
     /// TOML config (unknown keys are errors); without it, the defaults.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Continue from an encoder checkpoint (any file `densessl import` reads); heads start
+    /// fresh. Pair with --set optim.encoder_lr_mult=0.01.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Override a config key, e.g. --set train.steps=500 --set method.temperature=0.1.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -44,7 +49,10 @@ pub struct PretrainArgs {
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
-    let config: PretrainConfig = densessl::config::load(args.config.as_deref(), &args.set)?;
+    let mut config: PretrainConfig = densessl::config::load(args.config.as_deref(), &args.set)?;
+    if let Some(init) = &args.init {
+        config.init = Some(init.display().to_string());
+    }
     let (out, device) = args.run.resolve("pretrain")?;
     eprintln!("pretrain → {}", out.display());
     let outcome = pretrain::run(&config, &RunOptions { out, device, argv: crate::argv() })?;

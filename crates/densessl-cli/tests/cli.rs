@@ -123,6 +123,28 @@ fn pretrain_then_finetune_then_eval_end_to_end() {
     // An encoder checkpoint is not a segmentation model.
     let o = densessl(&["eval", "--checkpoint", ckpt.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("fine-tune it first"), "{}", stderr(&o));
+
+    // Continued pre-training of another method from this encoder, with the encoder frozen
+    // by an LR multiplier of 0: its convolutions stay exactly the parent's, and the manifest
+    // names the parent and its fingerprint.
+    let cont = dir.join("cont");
+    let mut args = vec!["pretrain", "--init", ckpt.to_str().unwrap(), "--out", cont.to_str().unwrap()];
+    for s in data.iter().chain(&[
+        "method.name=\"byol\"", "method.dim=16", "method.hidden=32", "train.steps=2", "train.batch_size=8",
+        "train.view_size=32", "optim.encoder_lr_mult=0.0",
+    ]) {
+        args.extend(["--set", s]);
+    }
+    let o = densessl(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest = std::fs::read_to_string(cont.join("manifest.json")).unwrap();
+    assert!(manifest.contains("encoder.safetensors (Densessl") && manifest.contains("fingerprint"), "{manifest}");
+    let device = densessl::device::Device::flex();
+    let conv1 = |path: &Path| -> Vec<f32> {
+        let (net, _) = densessl::train::checkpoint::load_encoder(path, &device).unwrap();
+        net.layer1[0].conv1.weight.val().into_data().try_to_vec().unwrap()
+    };
+    assert_eq!(conv1(&ckpt), conv1(&cont.join("checkpoints/encoder.safetensors")));
 }
 
 /// Writes a toy Fashion-MNIST (uncompressed IDX): item i is a filled square of class i % 10.

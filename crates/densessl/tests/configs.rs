@@ -30,7 +30,7 @@ fn pretrain_configs_parse_and_build_their_methods() {
         let name = settings.remove("name").and_then(|v| v.as_str().map(String::from)).unwrap_or_else(|| "moco-v2".into());
         // A tiny encoder: only the method's own settings are under test.
         let encoder = EncoderConfig { base_width: 4, ..EncoderConfig::default() };
-        let context = BuildContext { encoder: &encoder, optim: &config.optim, view_size: 32, settings, device: &device };
+        let context = BuildContext { init: None, encoder: &encoder, optim: &config.optim, view_size: 32, settings, device: &device };
         if let Err(e) = pretext::build(&name, context) {
             panic!("{}: {e}", file.display());
         }

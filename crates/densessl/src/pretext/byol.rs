@@ -4,7 +4,6 @@
 //! from `base_momentum` to 1 by a cosine over training; asymmetric augmentation.
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::mean_cosine;
 use super::momentum::momentum_update;
-use super::{BuildContext, PretextMethod, Progress, StepOutput, parse_settings, two_views};
+use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings, two_views};
 use crate::Result;
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
@@ -77,7 +76,7 @@ pub struct ByolOnline {
 pub struct Byol {
     online: ByolOnline,
     target: ByolNet,
-    optim: ModuleOptimizer,
+    optim: Trainer,
     settings: ByolSettings,
     device: Device,
 }
@@ -90,18 +89,20 @@ pub fn target_momentum(base: f64, step: usize, total: usize) -> f64 {
 
 /// Builds `byol` from its `[method]` settings.
 pub fn build(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
-    let mut settings = parse_settings(ByolSettings::default(), context.settings)?;
+    let mut settings = parse_settings(ByolSettings::default(), context.settings.clone())?;
     settings.augment_first.size = context.view_size;
     settings.augment_second.size = context.view_size;
     let resnet = context.encoder.resnet()?;
     let c5 = resnet.channels()[3];
     let hidden = if settings.hidden == 0 { 2 * c5 } else { settings.hidden };
     let device = context.device;
-    let net = || ByolNet { backbone: resnet.init(device), projector: MlpConfig::new(vec![c5, hidden, settings.dim]).init(device) };
-    let online = ByolOnline { net: net(), predictor: MlpConfig::new(vec![settings.dim, hidden, settings.dim]).init(device) };
+    let projector = || MlpConfig::new(vec![c5, hidden, settings.dim]).init(device);
+    let online_net = ByolNet { backbone: context.backbone(&resnet), projector: projector() };
+    let online = ByolOnline { net: online_net, predictor: MlpConfig::new(vec![settings.dim, hidden, settings.dim]).init(device) };
+    let net = || ByolNet { backbone: resnet.init(device), projector: projector() };
     // Built separately and copied (m = 0): a clone would share lazily initialised params.
     let target = momentum_update(net().no_grad(), &online.net, 0.0);
-    Ok(Box::new(Byol { online, target, optim: context.optim.sgd(), settings, device: device.clone() }))
+    Ok(Box::new(Byol { online, target, optim: Trainer::new(context.optim), settings, device: device.clone() }))
 }
 
 impl PretextMethod for Byol {
@@ -118,8 +119,7 @@ impl PretextMethod for Byol {
         let (c12, c21) = (mean_cosine(p1, z2), mean_cosine(p2, z1));
         let loss = (c12 + c21) * -2.0 + 4.0;
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), &self.online);
-        self.online = self.optim.step(progress.lr, self.online.clone(), grads);
+        self.online = self.optim.step(progress.lr, self.online.clone(), loss.backward(), |m: &ByolOnline| &m.net.backbone);
         let tau = target_momentum(self.settings.base_momentum, progress.step, progress.total);
         self.target = momentum_update(self.target.clone(), &self.online.net, tau);
         Ok(StepOutput { loss: loss_value, metrics: vec![("target_momentum", tau)] })

@@ -9,7 +9,6 @@
 //! come from a different set of images than its query's (see [`Moco::keys`]).
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
 use rand::seq::SliceRandom;
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::{info_nce, l2_normalize};
 use super::momentum::momentum_update;
-use super::{BuildContext, PretextMethod, Progress, StepOutput};
+use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer};
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
@@ -85,7 +84,7 @@ pub struct Moco {
     /// `[K, dim]`, unit rows, no gradient.
     queue: Tensor<2>,
     queue_ptr: usize,
-    optim: ModuleOptimizer,
+    optim: Trainer,
     settings: MocoSettings,
     device: Device,
 }
@@ -109,7 +108,7 @@ pub fn build_v1(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
 impl Moco {
     /// Builds MoCo from its defaults overridden by the `[method]` settings.
     pub fn new(name: &'static str, defaults: MocoSettings, context: BuildContext) -> Result<Self> {
-    let mut settings = super::parse_settings(defaults, context.settings)?;
+    let mut settings = super::parse_settings(defaults, context.settings.clone())?;
     settings.augment.size = context.view_size;
     if !matches!(settings.projector.as_str(), "linear" | "mlp") {
         return Err(Error::Invalid(format!("method.projector must be \"linear\" or \"mlp\", got \"{}\"", settings.projector)));
@@ -121,16 +120,14 @@ impl Moco {
     let resnet = context.encoder.resnet()?;
     let c5 = resnet.channels()[3];
     let dims = if settings.projector == "linear" { vec![c5, settings.dim] } else { vec![c5, c5, settings.dim] };
-    let net = || MocoNet {
-        backbone: resnet.init(&device),
-        projector: MlpConfig::new(dims.clone()).with_batch_norm(false).init(&device),
-    };
-    let online = net();
+    let projector = || MlpConfig::new(dims.clone()).with_batch_norm(false).init(&device);
+    let online = MocoNet { backbone: context.backbone(&resnet), projector: projector() };
+    let net = || MocoNet { backbone: resnet.init(&device), projector: projector() };
     // The key encoder starts as an exact copy (m = 0) and never receives gradients. It is
     // built separately: a clone would share the online network's lazily initialised params.
     let key = momentum_update(net().no_grad(), &online, 0.0);
     let queue = random_unit_rows(settings.queue_size, settings.dim, &device);
-    let optim = context.optim.sgd();
+    let optim = Trainer::new(context.optim);
     Ok(Moco { name, online, key, queue, queue_ptr: 0, optim, settings, device })
     }
 }
@@ -199,8 +196,7 @@ impl PretextMethod for Moco {
         let keys = self.keys(xk, rng);
         let (loss, logits) = info_nce(queries, keys.clone(), self.queue.clone(), self.settings.temperature);
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), &self.online);
-        self.online = self.optim.step(progress.lr, self.online.clone(), grads);
+        self.online = self.optim.step(progress.lr, self.online.clone(), loss.backward(), |m: &MocoNet| &m.backbone);
         self.dequeue_and_enqueue(keys);
         let hits = logits.detach().argmax(1).equal_elem(0).int().sum().into_scalar::<i64>();
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", hits as f64 / images.len() as f64)] })
@@ -236,7 +232,7 @@ mod tests {
         settings.insert("queue_size".into(), toml::Value::Integer(queue_size as i64));
         settings.insert("dim".into(), toml::Value::Integer(8));
         let device = Device::flex().autodiff();
-        let context = BuildContext { encoder: &encoder, optim: &OptimConfig::default(), view_size: 32, settings, device: &device };
+        let context = BuildContext { init: None, encoder: &encoder, optim: &OptimConfig::default(), view_size: 32, settings, device: &device };
         Moco::new("moco-v2", MocoSettings::default(), context).unwrap()
     }
 

@@ -9,7 +9,9 @@ pub mod rotation;
 pub mod simclr;
 pub mod simsiam;
 
-use burn::tensor::Device;
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Gradients};
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -17,7 +19,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::models::resnet::ResNet;
+use crate::models::resnet::{ResNet, ResNetConfig};
 use crate::models::segmenter::EncoderConfig;
 use crate::train::optim::OptimConfig;
 use crate::views::FloatImage;
@@ -63,6 +65,8 @@ pub trait PretextMethod {
 
 /// Everything a method needs to build itself.
 pub struct BuildContext<'a> {
+    /// An encoder to start from (`pretrain --init`); none = random init.
+    pub init: Option<ResNet>,
     /// Encoder settings.
     pub encoder: &'a EncoderConfig,
     /// Optimiser settings.
@@ -73,6 +77,36 @@ pub struct BuildContext<'a> {
     pub settings: toml::Table,
     /// Where to build.
     pub device: &'a Device,
+}
+
+impl BuildContext<'_> {
+    /// The online encoder: the `init` encoder if given, else a fresh one.
+    pub fn backbone(&self, resnet: &ResNetConfig) -> ResNet {
+        self.init.clone().unwrap_or_else(|| resnet.init(self.device))
+    }
+}
+
+/// A method's optimiser: burn's SGD plus the encoder LR multiplier of [`OptimConfig`].
+pub struct Trainer {
+    optim: ModuleOptimizer,
+    config: OptimConfig,
+}
+
+impl Trainer {
+    /// SGD as `config` describes.
+    pub fn new(config: &OptimConfig) -> Self {
+        Self { optim: config.sgd(), config: config.clone() }
+    }
+
+    /// One step: the encoder `encoder(model)` at `lr × encoder_lr_mult`, the rest at `lr`.
+    pub fn step<M: Module, E: Module>(&mut self, lr: f64, model: M, grads: Gradients, encoder: impl Fn(&M) -> &E) -> M {
+        self.config.step(&mut self.optim, lr, model, grads, encoder)
+    }
+
+    /// One plain step of the given gradients at `lr` (for parameter groups a method fixes).
+    pub fn step_params<M: Module>(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
+        self.optim.step(lr, model, grads)
+    }
 }
 
 type Builder = fn(BuildContext) -> Result<Box<dyn PretextMethod>>;
@@ -149,7 +183,7 @@ mod tests {
                 "simsiam" => toml::toml! { dim = 32 pred_hidden = 8 },
                 _ => toml::Table::new(),
             };
-            let context = BuildContext { encoder: &encoder, optim: &optim, view_size: 32, settings, device: &device };
+            let context = BuildContext { init: None, encoder: &encoder, optim: &optim, view_size: 32, settings, device: &device };
             let mut method = build(name, context).unwrap();
             let losses: Vec<f64> = (0..6)
                 .map(|step| {

@@ -4,7 +4,6 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
@@ -13,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildContext, PretextMethod, Progress, StepOutput, parse_settings};
+use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings};
 use crate::Result;
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
@@ -47,19 +46,19 @@ pub struct RotationNet {
 /// Rotation prediction with its state.
 pub struct Rotation {
     net: RotationNet,
-    optim: ModuleOptimizer,
+    optim: Trainer,
     settings: RotationSettings,
     device: Device,
 }
 
 /// Builds `rotation` from its `[method]` settings.
 pub fn build(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
-    let mut settings = parse_settings(RotationSettings::default(), context.settings)?;
+    let mut settings = parse_settings(RotationSettings::default(), context.settings.clone())?;
     settings.augment.size = context.view_size;
     let resnet = context.encoder.resnet()?;
     let c5 = resnet.channels()[3];
-    let net = RotationNet { backbone: resnet.init(context.device), classifier: LinearConfig::new(c5, 4).init(context.device) };
-    Ok(Box::new(Rotation { net, optim: context.optim.sgd(), settings, device: context.device.clone() }))
+    let net = RotationNet { backbone: context.backbone(&resnet), classifier: LinearConfig::new(c5, 4).init(context.device) };
+    Ok(Box::new(Rotation { net, optim: Trainer::new(context.optim), settings, device: context.device.clone() }))
 }
 
 impl PretextMethod for Rotation {
@@ -87,8 +86,7 @@ impl PretextMethod for Rotation {
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
         let targets = Tensor::<1, Int>::from_data(TensorData::new((0..n as i64).map(|i| i % 4).collect::<Vec<_>>(), [n]), &self.device);
         let hits = logits.detach().argmax(1).reshape([n]).equal(targets).int().sum().into_scalar::<i64>();
-        let grads = GradientsParams::from_grads(loss.backward(), &self.net);
-        self.net = self.optim.step(progress.lr, self.net.clone(), grads);
+        self.net = self.optim.step(progress.lr, self.net.clone(), loss.backward(), |m: &RotationNet| &m.backbone);
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", hits as f64 / n as f64)] })
     }
 

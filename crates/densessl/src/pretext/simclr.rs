@@ -6,14 +6,13 @@
 //! ablations report for SGD.
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::losses::nt_xent;
-use super::{BuildContext, PretextMethod, Progress, StepOutput, parse_settings, two_views};
+use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings, two_views};
 use crate::Result;
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
@@ -52,23 +51,23 @@ pub struct SimclrNet {
 /// SimCLR with its state.
 pub struct Simclr {
     net: SimclrNet,
-    optim: ModuleOptimizer,
+    optim: Trainer,
     settings: SimclrSettings,
     device: Device,
 }
 
 /// Builds `simclr` from its `[method]` settings.
 pub fn build(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
-    let mut settings = parse_settings(SimclrSettings::default(), context.settings)?;
+    let mut settings = parse_settings(SimclrSettings::default(), context.settings.clone())?;
     settings.augment.size = context.view_size;
     let resnet = context.encoder.resnet()?;
     let c5 = resnet.channels()[3];
     let hidden = if settings.hidden == 0 { c5 } else { settings.hidden };
     let net = SimclrNet {
-        backbone: resnet.init(context.device),
+        backbone: context.backbone(&resnet),
         projector: MlpConfig::new(vec![c5, hidden, settings.dim]).init(context.device),
     };
-    Ok(Box::new(Simclr { net, optim: context.optim.sgd(), settings, device: context.device.clone() }))
+    Ok(Box::new(Simclr { net, optim: Trainer::new(context.optim), settings, device: context.device.clone() }))
 }
 
 impl PretextMethod for Simclr {
@@ -83,8 +82,7 @@ impl PretextMethod for Simclr {
         let (z1, z2) = (embed(batch_tensor(&v1, &self.device)), embed(batch_tensor(&v2, &self.device)));
         let (loss, acc) = nt_xent(z1, z2, self.settings.temperature);
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), &self.net);
-        self.net = self.optim.step(progress.lr, self.net.clone(), grads);
+        self.net = self.optim.step(progress.lr, self.net.clone(), loss.backward(), |m: &SimclrNet| &m.backbone);
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", acc)] })
     }
 

@@ -7,14 +7,14 @@
 //! BatchNorm is always affine; γ and β start at 1 and 0, so it starts identical.
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::losses::mean_cosine;
-use super::{BuildContext, PretextMethod, Progress, StepOutput, parse_settings, two_views};
+use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings, two_views};
 use crate::Result;
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
@@ -55,7 +55,7 @@ pub struct SimsiamNet {
 /// SimSiam with its state.
 pub struct Simsiam {
     net: SimsiamNet,
-    optim: ModuleOptimizer,
+    optim: Trainer,
     base_lr: f64,
     settings: SimsiamSettings,
     device: Device,
@@ -63,7 +63,7 @@ pub struct Simsiam {
 
 /// Builds `simsiam` from its `[method]` settings.
 pub fn build(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
-    let mut settings = parse_settings(SimsiamSettings::default(), context.settings)?;
+    let mut settings = parse_settings(SimsiamSettings::default(), context.settings.clone())?;
     settings.augment.size = context.view_size;
     let resnet = context.encoder.resnet()?;
     let c5 = resnet.channels()[3];
@@ -71,11 +71,11 @@ pub fn build(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
     let hidden = if settings.pred_hidden == 0 { (dim / 4).max(1) } else { settings.pred_hidden };
     let device = context.device;
     let net = SimsiamNet {
-        backbone: resnet.init(device),
+        backbone: context.backbone(&resnet),
         projector: MlpConfig::new(vec![c5, c5, c5, dim]).with_last_batch_norm(true).init(device),
         predictor: MlpConfig::new(vec![dim, hidden, dim]).init(device),
     };
-    Ok(Box::new(Simsiam { net, optim: context.optim.sgd(), base_lr: context.optim.lr, settings, device: device.clone() }))
+    Ok(Box::new(Simsiam { net, optim: Trainer::new(context.optim), base_lr: context.optim.lr, settings, device: device.clone() }))
 }
 
 impl PretextMethod for Simsiam {
@@ -94,13 +94,9 @@ impl PretextMethod for Simsiam {
         let mut grads = loss.backward();
         if self.settings.fix_predictor_lr {
             let predictor_grads = GradientsParams::from_module(&mut grads, &self.net.predictor);
-            let rest = GradientsParams::from_grads(grads, &self.net);
-            self.net = self.optim.step(self.base_lr, self.net.clone(), predictor_grads);
-            self.net = self.optim.step(progress.lr, self.net.clone(), rest);
-        } else {
-            let grads = GradientsParams::from_grads(grads, &self.net);
-            self.net = self.optim.step(progress.lr, self.net.clone(), grads);
+            self.net = self.optim.step_params(self.base_lr, self.net.clone(), predictor_grads);
         }
+        self.net = self.optim.step(progress.lr, self.net.clone(), grads, |m: &SimsiamNet| &m.backbone);
         Ok(StepOutput { loss: loss_value, metrics: Vec::new() })
     }
 

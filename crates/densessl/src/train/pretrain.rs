@@ -16,6 +16,7 @@ use crate::data::DataConfig;
 use crate::device::DeviceSpec;
 use crate::models::segmenter::EncoderConfig;
 use crate::pretext::{self, BuildContext};
+use crate::weights::import::ImportOptions;
 use super::optim::OptimConfig;
 use crate::{Error, Result};
 
@@ -66,6 +67,11 @@ pub struct PretrainConfig {
     pub train: PretrainLoop,
     /// Optional kNN accuracy monitor on the labelled splits of `data`.
     pub monitor: KnnConfig,
+    /// Encoder checkpoint to continue from (`--init` overrides); the method's other heads
+    /// start fresh. Pair with `optim.encoder_lr_mult` (e.g. 0.01).
+    pub init: Option<String>,
+    /// Layout of `init`: auto, torchvision, moco, mmselfsup, byol or densessl.
+    pub init_from: String,
 }
 
 impl Default for PretrainConfig {
@@ -81,6 +87,8 @@ impl Default for PretrainConfig {
             schedule: ScheduleConfig::default(),
             train: PretrainLoop::default(),
             monitor: KnnConfig::default(),
+            init: None,
+            init_from: "auto".into(),
         }
     }
 }
@@ -135,9 +143,29 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
         .to_string();
     let mut settings = config.method.clone();
     settings.remove("name");
+    // Continued pre-training: the parent encoder, strictly imported, and its fingerprint.
+    let (init, init_note) = match &config.init {
+        Some(init) => {
+            let path = PathBuf::from(init);
+            let options = ImportOptions { format: config.init_from.parse()?, ..ImportOptions::default() };
+            let (encoder, report) = crate::weights::import::load_encoder(&path, &config.encoder, &options, &device)?;
+            tracing::info!("{report}");
+            let note = format!(
+                "{} ({:?}, prefix '{}', {} tensors; fingerprint {})",
+                path.display(),
+                report.format,
+                report.prefix,
+                report.mapped,
+                checkpoint::file_fingerprint(&path)?
+            );
+            (Some(encoder), Some(note))
+        }
+        None => (None, None),
+    };
     let mut method = pretext::build(
         &name,
         BuildContext {
+            init,
             encoder: &config.encoder,
             optim: &config.optim,
             view_size: config.train.view_size,
@@ -161,7 +189,7 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
             dataset_fingerprint: crate::train::run_dir::fingerprint(
                 owned_images.iter().flat_map(|im| im.as_raw().iter().copied()),
             ),
-            init: None,
+            init: init_note,
         },
     )?;
     run.log_metrics(&serde_json::json!({"event": "start", "method": name, "notes": method.notes()}))?;
