@@ -171,7 +171,7 @@ mod tests {
     fn every_method_lowers_its_loss_on_a_fixed_batch() {
         let device = Device::flex().autodiff();
         let encoder = EncoderConfig { base_width: 8, ..EncoderConfig::default() };
-        let optim = OptimConfig { lr: 0.05, weight_decay: 0.0, ..OptimConfig::default() };
+        let optim = OptimConfig { lr: 0.1, weight_decay: 0.0, ..OptimConfig::default() };
         let images: Vec<RgbImage> = (0..8u32)
             .map(|i| RgbImage::from_fn(40, 40, |x, y| image::Rgb([((x * (i + 1)) % 256) as u8, ((y * 7 + i * 30) % 256) as u8, (i * 31) as u8])))
             .collect();
@@ -184,16 +184,19 @@ mod tests {
                 _ => toml::Table::new(),
             };
             let context = BuildContext { init: None, encoder: &encoder, optim: &optim, view_size: 32, settings, device: &device };
+            device.seed(7);
             let mut method = build(name, context).unwrap();
-            let losses: Vec<f64> = (0..6)
+            let losses: Vec<f64> = (0..10)
                 .map(|step| {
                     // The same views every step: only the networks change.
                     let mut rng = ChaCha8Rng::seed_from_u64(3);
-                    method.step(&batch, &mut rng, Progress { lr: 0.05, step, total: 6 }).unwrap().loss
+                    method.step(&batch, &mut rng, Progress { lr: 0.1, step, total: 10 }).unwrap().loss
                 })
                 .collect();
             assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");
-            assert!(losses[5] < losses[0], "{name}: loss did not fall: {losses:?}");
+            // Mean of the last three against the first: single steps are noisy (batch BN).
+            let last = losses[7..].iter().sum::<f64>() / 3.0;
+            assert!(last < losses[0], "{name}: loss did not fall: {losses:?}");
         }
     }
 }
