@@ -14,7 +14,7 @@ Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml
               val [200], seed [0], unlabeled [folder of images, used instead of the train split],
               unlabeled_count [4000, fashion-scenes]
   [encoder]   arch [resnet18|34|50|101], base_width [64], output_stride [32|16|8]
-  [method]    name [moco-v1 | moco-v2 | simclr | byol | simsiam | rotation] + its settings
+  [method]    name [moco-v1 | moco-v2 | simclr | byol | simsiam | rotation | plr] + its settings
               (every default is written to the run's config.toml):
               moco-v1/v2: dim, projector [linear|mlp], queue_size, temperature, momentum,
                           key_bn_groups, [method.augment]
@@ -22,6 +22,7 @@ Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml
               byol: dim [256], hidden [4096], base_momentum [0.996], [method.augment_first|second]
               simsiam: dim [2048], pred_hidden [512], fix_predictor_lr [true], [method.augment]
               rotation: [method.augment]
+              plr: grid [4], [method.decoder] (any [head] settings), [method.augment]
   [optim]     lr [0.03], momentum [0.9], weight_decay [1e-4], encoder_lr_mult [1.0],
               no_decay_norm_bias [false]
   [schedule]  kind [cosine|step|poly|linear|constant], warmup_steps [0], milestones, gamma, power

@@ -5,6 +5,7 @@ pub mod byol;
 pub mod losses;
 pub mod moco;
 pub mod momentum;
+pub mod plr;
 pub mod rotation;
 pub mod simclr;
 pub mod simsiam;
@@ -119,6 +120,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("byol", byol::build),
     ("simsiam", simsiam::build),
     ("rotation", rotation::build),
+    ("plr", plr::build),
 ];
 
 /// Builds method `name`, or an error listing the known ones.
@@ -181,6 +183,7 @@ mod tests {
                 "simclr" => toml::toml! { dim = 16 hidden = 32 },
                 "byol" => toml::toml! { dim = 16 hidden = 32 },
                 "simsiam" => toml::toml! { dim = 32 pred_hidden = 8 },
+                "plr" => toml::toml! { decoder = { channels = 16 } },
                 _ => toml::Table::new(),
             };
             let context = BuildContext { init: None, encoder: &encoder, optim: &optim, view_size: 32, settings, device: &device };

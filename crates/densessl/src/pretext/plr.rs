@@ -1,0 +1,137 @@
+//! PLR, Patch-level Rotation (this project's design notes): each view is cut into g×g
+//! patches, each rotated independently by 0/90/180/270°, and an encoder-decoder (encoder +
+//! any segmentation head, whose classifier predicts the 4 rotations) labels every pixel with
+//! its patch's rotation. The decoder makes the task dense: the label changes at patch borders.
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings};
+use crate::models::heads::{Head, HeadConfig};
+use crate::models::resize::resize_bilinear;
+use crate::models::resnet::ResNet;
+use crate::seg::loss::masked_cross_entropy;
+use crate::views::augment::ViewAugment;
+use crate::views::batch_tensor;
+use crate::views::patch_rotation::PatchRotation;
+use crate::{Error, Result};
+
+/// Settings of PLR (`[method]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlrSettings {
+    /// Patches per side (4); the view size must be divisible by it.
+    pub grid: usize,
+    /// The decoder: a segmentation head predicting 4 rotation classes.
+    pub decoder: HeadConfig,
+    /// The view augmentation before rotating (geometric, plus MoCo v2's colour steps).
+    pub augment: ViewAugment,
+}
+
+impl Default for PlrSettings {
+    fn default() -> Self {
+        Self { grid: 4, decoder: HeadConfig::default(), augment: ViewAugment::moco_v2(224) }
+    }
+}
+
+/// Encoder + decoder.
+#[derive(Module, Debug)]
+pub struct PlrNet {
+    /// The encoder.
+    pub backbone: ResNet,
+    /// The decoder with its 4-way classifier.
+    pub decoder: Head,
+}
+
+/// PLR with its state.
+pub struct Plr {
+    net: PlrNet,
+    optim: Trainer,
+    settings: PlrSettings,
+    device: Device,
+}
+
+/// Builds `plr` from its `[method]` settings.
+pub fn build(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
+    let mut settings = parse_settings(PlrSettings::default(), context.settings.clone())?;
+    settings.augment.size = context.view_size;
+    if settings.grid == 0 || context.view_size % settings.grid != 0 {
+        return Err(Error::Invalid(format!(
+            "method.grid = {} must divide train.view_size = {}",
+            settings.grid, context.view_size
+        )));
+    }
+    let resnet = context.encoder.resnet()?;
+    let decoder = settings.decoder.init(resnet.channels(), 4, context.device).map_err(|e| Error::Invalid(format!("method.decoder: {e}")))?;
+    let net = PlrNet { backbone: context.backbone(&resnet), decoder };
+    Ok(Box::new(Plr { net, optim: Trainer::new(context.optim), settings, device: context.device.clone() }))
+}
+
+impl PretextMethod for Plr {
+    fn name(&self) -> &'static str {
+        "plr"
+    }
+
+    fn step(&mut self, images: &[&RgbImage], rng: &mut ChaCha8Rng, progress: Progress) -> Result<StepOutput> {
+        let seeds: Vec<u64> = images.iter().map(|_| rng.random()).collect();
+        let (augment, grid, size) = (&self.settings.augment, self.settings.grid, self.settings.augment.size);
+        let (views, labels): (Vec<_>, Vec<Vec<u8>>) = images
+            .par_iter()
+            .zip(seeds)
+            .map(|(image, seed)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let view = augment.view(image, &mut rng).image;
+                let rotation = PatchRotation::random(&mut rng, grid);
+                (rotation.apply(&view), rotation.labels(size))
+            })
+            .unzip();
+        let b = views.len();
+        let targets: Vec<i64> = labels.iter().flatten().map(|&l| i64::from(l)).collect();
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, size, size]), &self.device);
+        let features = self.net.backbone.forward(batch_tensor(&views, &self.device));
+        let logits = resize_bilinear(self.net.decoder.forward(&features), size, size);
+        let loss = masked_cross_entropy(logits.clone(), targets.clone(), -1);
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let hits = logits.detach().argmax(1).reshape([b, size, size]).equal(targets).int().sum().into_scalar::<i64>();
+        self.net = self.optim.step(progress.lr, self.net.clone(), loss.backward(), |m: &PlrNet| &m.backbone);
+        Ok(StepOutput { loss: loss_value, metrics: vec![("pixel_acc", hits as f64 / (b * size * size) as f64)] })
+    }
+
+    fn encoder(&self) -> ResNet {
+        self.net.backbone.clone()
+    }
+
+    fn settings(&self) -> toml::Table {
+        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::segmenter::EncoderConfig;
+    use crate::train::optim::OptimConfig;
+
+    #[test]
+    fn grid_must_divide_the_view() {
+        let device = Device::flex().autodiff();
+        let encoder = EncoderConfig { base_width: 4, ..EncoderConfig::default() };
+        let optim = OptimConfig::default();
+        let context = |view_size| BuildContext {
+            init: None,
+            encoder: &encoder,
+            optim: &optim,
+            view_size,
+            settings: toml::toml! { grid = 3 },
+            device: &device,
+        };
+        let e = build(context(32)).err().expect("32 is not divisible by 3").to_string();
+        assert!(e.contains("method.grid = 3") && e.contains("32"), "{e}");
+        assert!(build(context(33)).is_ok());
+    }
+}
