@@ -31,7 +31,6 @@ use crate::train::pretrain::RunOptions;
 use crate::train::run_dir::{ManifestInfo, RunDir, write_atomic};
 use crate::train::schedule::ScheduleConfig;
 use crate::views::{FloatImage, batch_tensor};
-use crate::weights::import::ImportOptions;
 use crate::{Error, Result};
 
 /// Loop settings (`[train]`).
@@ -183,19 +182,9 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
     let mut model = Segmenter::new(&config.encoder, &config.head, train.num_classes, &device)?;
     let mut init_note = None;
     if let Some(init) = &config.init {
-        let path = PathBuf::from(init);
-        let options = ImportOptions { format: config.init_from.parse()?, ..ImportOptions::default() };
-        let (encoder, report) = crate::weights::import::load_encoder(&path, &config.encoder, &options, &device)?;
-        tracing::info!("{report}");
+        let (encoder, note) = crate::weights::import::load_init(init, &config.init_from, &config.encoder, &device)?;
         model.encoder = encoder;
-        init_note = Some(format!(
-            "{} ({:?}, prefix '{}', {} tensors; fingerprint {})",
-            path.display(),
-            report.format,
-            report.prefix,
-            report.mapped,
-            checkpoint::file_fingerprint(&path)?
-        ));
+        init_note = Some(note);
     }
     if config.train.freeze_encoder {
         model.encoder = model.encoder.freeze();

@@ -16,7 +16,6 @@ use crate::data::DataConfig;
 use crate::device::DeviceSpec;
 use crate::models::segmenter::EncoderConfig;
 use crate::pretext::{self, BuildContext};
-use crate::weights::import::ImportOptions;
 use super::optim::OptimConfig;
 use crate::{Error, Result};
 
@@ -146,18 +145,7 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
     // Continued pre-training: the parent encoder, strictly imported, and its fingerprint.
     let (init, init_note) = match &config.init {
         Some(init) => {
-            let path = PathBuf::from(init);
-            let options = ImportOptions { format: config.init_from.parse()?, ..ImportOptions::default() };
-            let (encoder, report) = crate::weights::import::load_encoder(&path, &config.encoder, &options, &device)?;
-            tracing::info!("{report}");
-            let note = format!(
-                "{} ({:?}, prefix '{}', {} tensors; fingerprint {})",
-                path.display(),
-                report.format,
-                report.prefix,
-                report.mapped,
-                checkpoint::file_fingerprint(&path)?
-            );
+            let (encoder, note) = crate::weights::import::load_init(init, &config.init_from, &config.encoder, &device)?;
             (Some(encoder), Some(note))
         }
         None => (None, None),

@@ -257,6 +257,24 @@ pub fn load_encoder(
     Ok((encoder, report))
 }
 
+/// Loads the `init` encoder of a run (`--init`, layout `init_from`) and the line its manifest
+/// records: the file, how it was read and its fingerprint.
+pub fn load_init(init: &str, init_from: &str, config: &EncoderConfig, device: &Device) -> Result<(ResNet, String)> {
+    let path = PathBuf::from(init);
+    let options = ImportOptions { format: init_from.parse()?, ..ImportOptions::default() };
+    let (encoder, report) = load_encoder(&path, config, &options, device)?;
+    tracing::info!("{report}");
+    let note = format!(
+        "{} ({:?}, prefix '{}', {} tensors; fingerprint {})",
+        path.display(),
+        report.format,
+        report.prefix,
+        report.mapped,
+        checkpoint::file_fingerprint(&path)?
+    );
+    Ok((encoder, note))
+}
+
 fn fail(path: &Path, message: impl Into<String>) -> Error {
     Error::Checkpoint { path: path.into(), message: message.into() }
 }
