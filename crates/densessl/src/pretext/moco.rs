@@ -108,27 +108,27 @@ pub fn build_v1(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
 impl Moco {
     /// Builds MoCo from its defaults overridden by the `[method]` settings.
     pub fn new(name: &'static str, defaults: MocoSettings, context: BuildContext) -> Result<Self> {
-    let mut settings = super::parse_settings(defaults, context.settings.clone())?;
-    settings.augment.size = context.view_size;
-    if !matches!(settings.projector.as_str(), "linear" | "mlp") {
-        return Err(Error::Invalid(format!("method.projector must be \"linear\" or \"mlp\", got \"{}\"", settings.projector)));
-    }
-    if settings.queue_size == 0 || settings.key_bn_groups == 0 {
-        return Err(Error::Invalid("method.queue_size and method.key_bn_groups must be positive".into()));
-    }
-    let device = context.device.clone();
-    let resnet = context.encoder.resnet()?;
-    let c5 = resnet.channels()[3];
-    let dims = if settings.projector == "linear" { vec![c5, settings.dim] } else { vec![c5, c5, settings.dim] };
-    let projector = || MlpConfig::new(dims.clone()).with_batch_norm(false).init(&device);
-    let online = MocoNet { backbone: context.backbone(&resnet), projector: projector() };
-    let net = || MocoNet { backbone: resnet.init(&device), projector: projector() };
-    // The key encoder starts as an exact copy (m = 0) and never receives gradients. It is
-    // built separately: a clone would share the online network's lazily initialised params.
-    let key = momentum_update(net().no_grad(), &online, 0.0);
-    let queue = random_unit_rows(settings.queue_size, settings.dim, &device);
-    let optim = Trainer::new(context.optim);
-    Ok(Moco { name, online, key, queue, queue_ptr: 0, optim, settings, device })
+        let mut settings = super::parse_settings(defaults, context.settings.clone())?;
+        settings.augment.size = context.view_size;
+        if !matches!(settings.projector.as_str(), "linear" | "mlp") {
+            return Err(Error::Invalid(format!("method.projector must be \"linear\" or \"mlp\", got \"{}\"", settings.projector)));
+        }
+        if settings.queue_size == 0 || settings.key_bn_groups == 0 {
+            return Err(Error::Invalid("method.queue_size and method.key_bn_groups must be positive".into()));
+        }
+        let device = context.device.clone();
+        let resnet = context.encoder.resnet()?;
+        let c5 = resnet.channels()[3];
+        let dims = if settings.projector == "linear" { vec![c5, settings.dim] } else { vec![c5, c5, settings.dim] };
+        let projector = || MlpConfig::new(dims.clone()).with_batch_norm(false).init(&device);
+        let online = MocoNet { backbone: context.backbone(&resnet), projector: projector() };
+        let net = || MocoNet { backbone: resnet.init(&device), projector: projector() };
+        // The key encoder starts as an exact copy (m = 0) and never receives gradients. It is
+        // built separately: a clone would share the online network's lazily initialised params.
+        let key = momentum_update(net().no_grad(), &online, 0.0);
+        let queue = random_unit_rows(settings.queue_size, settings.dim, &device);
+        let optim = Trainer::new(context.optim);
+        Ok(Moco { name, online, key, queue, queue_ptr: 0, optim, settings, device })
     }
 }
 
