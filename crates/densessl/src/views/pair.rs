@@ -54,6 +54,11 @@ pub fn cell_centres_in_source(view: &ViewGeometry, grid: (usize, usize)) -> Vec<
         .collect()
 }
 
+/// Diagonal of one cell of an `h`×`w` grid over a view, in source pixels.
+pub fn cell_diagonal_in_source(view: &ViewGeometry, (h, w): (usize, usize)) -> f32 {
+    (view.width / w as f32).hypot(view.height / h as f32)
+}
+
 impl ViewPair {
     /// Pairs two views; they must be views of the same source size.
     pub fn new(a: ViewGeometry, b: ViewGeometry) -> Self {
@@ -95,6 +100,22 @@ impl ViewPair {
             matches.sample_points[k] = [2.0 * bx / bw - 1.0, 2.0 * by / bh - 1.0];
         }
         matches
+    }
+
+    /// PixPro's positive pairs (Xie et al. 2021): A cell `i` and B cell `j` are positive when
+    /// their centres, mapped to the source image, lie closer than `ratio` × the larger of the
+    /// two views' cell diagonals (in source pixels). Cells centred on padding have no
+    /// positives. Row-major `[|A|, |B|]`, entry `i·|B| + j`.
+    pub fn positive_cells(&self, grid_a: (usize, usize), grid_b: (usize, usize), ratio: f32) -> Vec<bool> {
+        let (centres_a, centres_b) = (cell_centres_in_source(&self.a, grid_a), cell_centres_in_source(&self.b, grid_b));
+        let limit = ratio * cell_diagonal_in_source(&self.a, grid_a).max(cell_diagonal_in_source(&self.b, grid_b));
+        let mut mask = Vec::with_capacity(centres_a.len() * centres_b.len());
+        for ca in &centres_a {
+            for cb in &centres_b {
+                mask.push(matches!((ca, cb), (Some(p), Some(q)) if (p.0 - q.0).hypot(p.1 - q.1) < limit));
+            }
+        }
+        mask
     }
 }
 
@@ -181,6 +202,78 @@ mod tests {
             }
         }
         assert!(checked > 5000 && outside > 500, "checked {checked}, outside {outside}");
+    }
+
+    /// Cell centres and cell diagonal of a view measured on its pixels, without the geometry's
+    /// maps: the view of a coordinate image is rendered, each cell's pixels are averaged (the
+    /// mean of a linear function over a cell is its value at the centre), and the cell size
+    /// is the distance between neighbouring centres.
+    fn measured_cells(view: &ViewGeometry, grid: usize) -> (Vec<(f32, f32)>, f32) {
+        let rendered = resample(&coordinate_image(view.src_w, view.src_h), 2, view, -1.0);
+        let (w, h) = (view.out_w, view.out_h);
+        let (cw, ch) = (w / grid, h / grid);
+        let centres: Vec<(f32, f32)> = (0..grid * grid)
+            .map(|k| {
+                let (row, col) = (k / grid, k % grid);
+                let (mut sx, mut sy) = (0.0, 0.0);
+                for y in row * ch..(row + 1) * ch {
+                    for x in col * cw..(col + 1) * cw {
+                        sx += rendered[y * w + x];
+                        sy += rendered[h * w + y * w + x];
+                    }
+                }
+                let n = (cw * ch) as f32;
+                (sx / n, sy / n)
+            })
+            .collect();
+        let cell_w = (centres[1].0 - centres[0].0).abs();
+        let cell_h = (centres[grid].1 - centres[0].1).abs();
+        (centres, cell_w.hypot(cell_h))
+    }
+
+    /// PixPro's positive mask equals a brute-force computation on rendered coordinate images,
+    /// over random crop + flip pairs (pairs within 2 % of the threshold are skipped: rendering
+    /// clamps at the source border, which moves measured centres by a fraction of a pixel).
+    #[test]
+    fn pixpro_positives_equal_brute_force() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (mut positives, mut compared) = (0, 0);
+        for _ in 0..200 {
+            let (w, h) = (rng.random_range(48..120), rng.random_range(48..120));
+            let grid = rng.random_range(2..8);
+            let out = grid * rng.random_range(4..9);
+            let view = |rng: &mut ChaCha8Rng| {
+                ViewGeometry::random_resized_crop(rng, w, h, out, (0.08, 1.0), (0.75, 1.333), 0.5)
+            };
+            let pair = ViewPair::new(view(&mut rng), view(&mut rng));
+            let mask = pair.positive_cells((grid, grid), (grid, grid), 0.7);
+            let ((ca, da), (cb, db)) = (measured_cells(&pair.a, grid), measured_cells(&pair.b, grid));
+            let limit = 0.7 * da.max(db);
+            for i in 0..grid * grid {
+                for j in 0..grid * grid {
+                    let d = (ca[i].0 - cb[j].0).hypot(ca[i].1 - cb[j].1);
+                    if (d / limit - 1.0).abs() < 0.02 {
+                        continue;
+                    }
+                    assert_eq!(mask[i * grid * grid + j], d < limit, "{pair:?} cells {i}, {j}: {d} vs {limit}");
+                    compared += 1;
+                    positives += usize::from(d < limit);
+                }
+            }
+        }
+        assert!(positives > 500 && compared > 20 * positives / 10, "{positives} of {compared}");
+    }
+
+    #[test]
+    fn identical_views_have_pixpro_positives_on_the_diagonal_only() {
+        // Neighbouring centres are one cell side apart, more than 0.7 × the diagonal.
+        let v = ViewGeometry::identity(40, 40);
+        let mask = ViewPair::new(v, v).positive_cells((4, 4), (4, 4), 0.7);
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(mask[i * 16 + j], i == j);
+            }
+        }
     }
 
     #[test]
