@@ -1,7 +1,9 @@
-//! Projection heads for contrastive pretext tasks.
+//! Projection heads for contrastive pretext tasks: per image (`Mlp`) and per feature-map
+//! cell (`ConvMlp`, 1×1 convolutions: DenseCL's and PixPro's dense projectors).
 
 use burn::config::Config;
 use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
@@ -101,5 +103,54 @@ impl Mlp {
             Some(norm) => norm.forward(x),
             None => x,
         }
+    }
+}
+
+/// A dense MLP: the same layers as [`MlpConfig`] applied to every cell of a feature map, as
+/// 1×1 convolutions (hidden layers Conv → BN → ReLU, BN optional; the last Conv plain).
+#[derive(Config, Debug)]
+pub struct ConvMlpConfig {
+    /// Channel widths, input first (at least two entries).
+    pub dims: Vec<usize>,
+    /// BatchNorm after each hidden convolution.
+    #[config(default = false)]
+    pub batch_norm: bool,
+}
+
+/// The dense MLP.
+#[derive(Module, Debug)]
+pub struct ConvMlp {
+    convs: Vec<Conv2d>,
+    norms: Vec<BatchNorm>,
+}
+
+impl ConvMlpConfig {
+    /// Builds the dense MLP.
+    pub fn init(&self, device: &Device) -> ConvMlp {
+        assert!(self.dims.len() >= 2, "an MLP needs input and output widths");
+        let n = self.dims.len() - 1;
+        let convs = (0..n).map(|i| Conv2dConfig::new([self.dims[i], self.dims[i + 1]], [1, 1]).init(device)).collect();
+        let norms =
+            if self.batch_norm { (1..n).map(|i| BatchNormConfig::new(self.dims[i]).init(device)).collect() } else { Vec::new() };
+        ConvMlp { convs, norms }
+    }
+}
+
+impl ConvMlp {
+    /// # Shapes
+    /// `[B, dims[0], h, w]` → `[B, dims[n], h, w]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let n = self.convs.len();
+        let mut x = x;
+        for (i, conv) in self.convs.iter().enumerate() {
+            x = conv.forward(x);
+            if i + 1 < n {
+                if let Some(norm) = self.norms.get(i) {
+                    x = norm.forward(x);
+                }
+                x = relu(x);
+            }
+        }
+        x
     }
 }

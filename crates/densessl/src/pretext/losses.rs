@@ -1,7 +1,7 @@
 //! Contrastive losses.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 /// Rows scaled to unit L2 norm.
 ///
@@ -25,6 +25,30 @@ pub fn info_nce(queries: Tensor<2>, keys: Tensor<2>, queue: Tensor<2>, temperatu
     let logits = Tensor::cat(vec![positive, negative], 1) / temperature;
     let loss = -log_softmax(logits.clone(), 1).slice([0..n, 0..1]).mean();
     (loss, logits)
+}
+
+/// InfoNCE where the positive is one of the candidates (PLMoCo): each query scores every
+/// candidate key (e.g. all key cells of the batch) and the queue; its target is the candidate
+/// `positive[i]`, every other candidate and every queue row is a negative. Inputs are
+/// L2-normalised; candidates and queue carry no gradient. Returns the mean loss and the
+/// top-1 accuracy of finding the positive.
+///
+/// # Shapes
+/// queries `[N, D]`, candidates `[M, D]`, positive `[N]` (values < M), queue `[K, D]` → `[1]`
+pub fn info_nce_among(
+    queries: Tensor<2>,
+    candidates: Tensor<2>,
+    positive: Tensor<1, Int>,
+    queue: Tensor<2>,
+    temperature: f64,
+) -> (Tensor<1>, f64) {
+    let [n, _] = queries.dims();
+    let logits = Tensor::cat(vec![queries.clone().matmul(candidates.transpose()), queries.matmul(queue.transpose())], 1)
+        / temperature;
+    let target = positive.reshape([n, 1]);
+    let loss = -log_softmax(logits.clone(), 1).gather(1, target.clone()).mean();
+    let hits = logits.detach().argmax(1).equal(target).int().sum().into_scalar::<i64>();
+    (loss, hits as f64 / n as f64)
 }
 
 /// SimCLR's NT-Xent (Chen et al. 2020): for 2N embeddings, each one's positive is its other
@@ -82,6 +106,28 @@ mod tests {
         let got = loss.into_scalar::<f32>() as f64;
         assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
         assert_eq!(logits.dims(), [2, 4]);
+    }
+
+    #[test]
+    fn info_nce_among_matches_closed_form() {
+        // Two orthonormal queries, candidates = the queries, positives on the diagonal, a
+        // queue of 3 orthogonal rows: each query has 1 positive at 1 and 1 + 3 negatives at 0.
+        let q = t(&[&[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0]]);
+        let queue = t(&[&[0.0, 0.0, 1.0], &[0.0, 0.0, 1.0], &[0.0, 0.0, -1.0]]);
+        let positive = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &Device::flex());
+        let tau = 0.2;
+        let (loss, acc) = info_nce_among(q.clone(), q.clone(), positive, queue, tau);
+        let expected = -((1.0f64 / tau).exp() / ((1.0f64 / tau).exp() + 4.0)).ln();
+        assert!((loss.into_scalar::<f32>() as f64 - expected).abs() < 1e-5);
+        assert_eq!(acc, 1.0);
+        // Pointing each query at the other candidate: the target logit is 0, and the
+        // query's own row now counts as a negative at 1/τ.
+        let swapped = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &Device::flex());
+        let queue = t(&[&[0.0, 0.0, 1.0]]);
+        let (loss, acc) = info_nce_among(q.clone(), q, swapped, queue, tau);
+        let expected = -(1.0 / ((1.0f64 / tau).exp() + 2.0)).ln();
+        assert!((loss.into_scalar::<f32>() as f64 - expected).abs() < 1e-4);
+        assert_eq!(acc, 0.0);
     }
 
     #[test]

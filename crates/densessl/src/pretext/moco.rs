@@ -9,16 +9,16 @@
 //! come from a different set of images than its query's (see [`Moco::keys`]).
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use image::RgbImage;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::losses::{info_nce, l2_normalize};
-use super::momentum::momentum_update;
+use super::momentum::{momentum_update, split_batch_forward};
+use super::queue::KeyQueue;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer};
+use crate::models::heads::{Head, HeadConfig};
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
@@ -43,6 +43,9 @@ pub struct MocoSettings {
     pub key_bn_groups: usize,
     /// The augmentation (its `size` is set from the training view size).
     pub augment: ViewAugment,
+    /// EDMoCo only: the decoder (a segmentation head without its classifier) whose
+    /// average-pooled output replaces the encoder's pooled C5.
+    pub decoder: Option<HeadConfig>,
 }
 
 impl Default for MocoSettings {
@@ -55,15 +58,18 @@ impl Default for MocoSettings {
             momentum: 0.999,
             key_bn_groups: 2,
             augment: ViewAugment::default(),
+            decoder: None,
         }
     }
 }
 
-/// Encoder + projector: the network MoCo trains.
+/// Encoder (+ decoder for EDMoCo) + projector: the network MoCo trains.
 #[derive(Module, Debug)]
 pub struct MocoNet {
     /// The encoder.
     pub backbone: ResNet,
+    /// EDMoCo's decoder (its classifier unused).
+    pub decoder: Option<Head>,
     /// The projector (one Linear for v1, Linear → ReLU → Linear for v2).
     pub projector: Mlp,
 }
@@ -72,18 +78,27 @@ impl MocoNet {
     /// # Shapes
     /// `[B, 3, H, W]` → unit vectors `[B, dim]`
     pub fn embed(&self, x: Tensor<4>) -> Tensor<2> {
-        l2_normalize(self.projector.forward(self.backbone.forward_pooled(x)))
+        let pooled = match &self.decoder {
+            None => self.backbone.forward_pooled(x),
+            Some(decoder) => {
+                let decoded = decoder.decode(&self.backbone.forward(x));
+                let [b, c, _, _] = decoded.dims();
+                decoded.mean_dim(3).mean_dim(2).reshape([b, c])
+            }
+        };
+        l2_normalize(self.projector.forward(pooled))
     }
 }
+
+/// Seed of the random initial queue.
+pub const QUEUE_SEED: u64 = 0x5eed;
 
 /// MoCo (v1 or v2) with its state.
 pub struct Moco {
     name: &'static str,
     online: MocoNet,
     key: MocoNet,
-    /// `[K, dim]`, unit rows, no gradient.
-    queue: Tensor<2>,
-    queue_ptr: usize,
+    queue: KeyQueue,
     optim: Trainer,
     settings: MocoSettings,
     device: Device,
@@ -116,68 +131,45 @@ impl Moco {
         if settings.queue_size == 0 || settings.key_bn_groups == 0 {
             return Err(Error::Invalid("method.queue_size and method.key_bn_groups must be positive".into()));
         }
+        match (name, &settings.decoder) {
+            ("edmoco", None) => return Err(Error::Invalid("edmoco needs a [method.decoder] head".into())),
+            (name, Some(_)) if name != "edmoco" => {
+                return Err(Error::Invalid(format!("{name} takes no [method.decoder]: use name = \"edmoco\"")));
+            }
+            _ => {}
+        }
         let device = context.device.clone();
         let resnet = context.encoder.resnet()?;
-        let c5 = resnet.channels()[3];
-        let dims = if settings.projector == "linear" { vec![c5, settings.dim] } else { vec![c5, c5, settings.dim] };
+        let decoder = |device: &Device| -> Result<Option<Head>> {
+            settings
+                .decoder
+                .as_ref()
+                .map(|head| head.init(resnet.channels(), 1, device).map_err(|e| Error::Invalid(format!("method.decoder: {e}"))))
+                .transpose()
+        };
+        let c = settings.decoder.as_ref().map_or(resnet.channels()[3], HeadConfig::channels);
+        let dims = if settings.projector == "linear" { vec![c, settings.dim] } else { vec![c, c, settings.dim] };
         let projector = || MlpConfig::new(dims.clone()).with_batch_norm(false).init(&device);
-        let online = MocoNet { backbone: context.backbone(&resnet), projector: projector() };
-        let net = || MocoNet { backbone: resnet.init(&device), projector: projector() };
+        let online = MocoNet { backbone: context.backbone(&resnet), decoder: decoder(&device)?, projector: projector() };
+        let net = || -> Result<MocoNet> {
+            Ok(MocoNet { backbone: resnet.init(&device), decoder: decoder(&device)?, projector: projector() })
+        };
         // The key encoder starts as an exact copy (m = 0) and never receives gradients. It is
         // built separately: a clone would share the online network's lazily initialised params.
-        let key = momentum_update(net().no_grad(), &online, 0.0);
-        let queue = random_unit_rows(settings.queue_size, settings.dim, &device);
+        let key = momentum_update(net()?.no_grad(), &online, 0.0);
+        let queue = KeyQueue::random(settings.queue_size, settings.dim, QUEUE_SEED, &device);
         let optim = Trainer::new(context.optim);
-        Ok(Moco { name, online, key, queue, queue_ptr: 0, optim, settings, device })
+        Ok(Moco { name, online, key, queue, optim, settings, device })
     }
 }
 
-fn random_unit_rows(rows: usize, dim: usize, device: &Device) -> Tensor<2> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
-    let data: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
-    l2_normalize(Tensor::from_data(TensorData::new(data, [rows, dim]), device)).detach()
-}
-
 impl Moco {
-    /// Keys of the momentum encoder with the split-batch BN substitute for shuffle-BN:
-    /// permute, forward in chunks, un-permute.
+    /// Keys of the momentum encoder, with the split-batch substitute for shuffle-BN.
     ///
     /// # Shapes
     /// `[B, 3, H, W]` → `[B, dim]`
     fn keys(&self, x: Tensor<4>, rng: &mut ChaCha8Rng) -> Tensor<2> {
-        let b = x.dims()[0];
-        let groups = self.settings.key_bn_groups.min(b);
-        if groups <= 1 {
-            return self.key.embed(x).detach();
-        }
-        let mut perm: Vec<i64> = (0..b as i64).collect();
-        perm.shuffle(rng);
-        let mut inverse = vec![0i64; b];
-        for (i, &p) in perm.iter().enumerate() {
-            inverse[p as usize] = i as i64;
-        }
-        let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [b]), &self.device);
-        let shuffled = x.select(0, index(perm));
-        let chunk = b.div_ceil(groups);
-        let parts: Vec<Tensor<2>> = (0..b)
-            .step_by(chunk)
-            .map(|start| self.key.embed(shuffled.clone().slice([start..(start + chunk).min(b)])))
-            .collect();
-        Tensor::cat(parts, 0).select(0, index(inverse)).detach()
-    }
-
-    /// Writes `keys` into the queue at the pointer, wrapping around.
-    fn dequeue_and_enqueue(&mut self, keys: Tensor<2>) {
-        let [n, d] = keys.dims();
-        let k = self.settings.queue_size;
-        let mut written = 0;
-        while written < n {
-            let count = (n - written).min(k - self.queue_ptr);
-            let rows = keys.clone().slice([written..written + count]);
-            self.queue = self.queue.clone().slice_assign([self.queue_ptr..self.queue_ptr + count, 0..d], rows);
-            self.queue_ptr = (self.queue_ptr + count) % k;
-            written += count;
-        }
+        split_batch_forward(x, self.settings.key_bn_groups, rng, |x| self.key.embed(x))
     }
 }
 
@@ -194,10 +186,10 @@ impl PretextMethod for Moco {
         // MoCo updates the key encoder before computing this step's keys.
         self.key = momentum_update(self.key.clone(), &self.online, self.settings.momentum);
         let keys = self.keys(xk, rng);
-        let (loss, logits) = info_nce(queries, keys.clone(), self.queue.clone(), self.settings.temperature);
+        let (loss, logits) = info_nce(queries, keys.clone(), self.queue.rows(), self.settings.temperature);
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
         self.online = self.optim.step(progress.lr, self.online.clone(), loss.backward(), |m: &MocoNet| &m.backbone);
-        self.dequeue_and_enqueue(keys);
+        self.queue.push(keys);
         let hits = logits.detach().argmax(1).equal_elem(0).int().sum().into_scalar::<i64>();
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", hits as f64 / images.len() as f64)] })
     }
@@ -223,6 +215,8 @@ impl PretextMethod for Moco {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
+    use rand::SeedableRng;
     use crate::models::segmenter::EncoderConfig;
     use crate::train::optim::OptimConfig;
 
@@ -234,21 +228,6 @@ mod tests {
         let device = Device::flex().autodiff();
         let context = BuildContext { init: None, encoder: &encoder, optim: &OptimConfig::default(), view_size: 32, settings, device: &device };
         Moco::new("moco-v2", MocoSettings::default(), context).unwrap()
-    }
-
-    #[test]
-    fn queue_wraps_around() {
-        let mut m = tiny(5);
-        let device = m.device.clone();
-        let rows = |start: f32| Tensor::<2>::from_data(
-            TensorData::new((0..3 * 8).map(|i| start + i as f32).collect::<Vec<f32>>(), [3, 8]), &device);
-        m.dequeue_and_enqueue(rows(0.0));
-        m.dequeue_and_enqueue(rows(100.0));
-        assert_eq!(m.queue_ptr, 1);
-        let q: Vec<f32> = m.queue.clone().into_data().try_to_vec().unwrap();
-        assert_eq!(q[0], 116.0); // row 2 of the second batch wrapped to slot 0
-        assert_eq!(q[3 * 8], 100.0); // row 0 of the second batch at slot 3
-        assert_eq!(q[2 * 8], 16.0); // first batch's last row kept at slot 2
     }
 
     #[test]
@@ -281,7 +260,7 @@ mod tests {
             let initial_queue = m.queue.clone();
             let mut losses = Vec::new();
             for step in 0..6 {
-                (m.queue, m.queue_ptr) = (initial_queue.clone(), 0);
+                m.queue = initial_queue.clone();
                 let mut rng = ChaCha8Rng::seed_from_u64(3);
                 losses.push(m.step(&batch, &mut rng, Progress { lr: 0.05, step, total: 6 }).unwrap().loss);
             }

@@ -2,10 +2,15 @@
 //! [`PretextMethod`] and one line in [`METHODS`].
 
 pub mod byol;
+pub mod dense;
+pub mod edmoco;
 pub mod losses;
 pub mod moco;
 pub mod momentum;
+pub mod pledmoco;
+pub mod plmoco;
 pub mod plr;
+pub mod queue;
 pub mod rotation;
 pub mod simclr;
 pub mod simsiam;
@@ -14,9 +19,7 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Gradients};
 use image::RgbImage;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -121,6 +124,9 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("simsiam", simsiam::build),
     ("rotation", rotation::build),
     ("plr", plr::build),
+    ("edmoco", edmoco::build),
+    ("plmoco", plmoco::build),
+    ("pledmoco", pledmoco::build),
 ];
 
 /// Builds method `name`, or an error listing the known ones.
@@ -150,15 +156,8 @@ pub fn two_views(
     images: &[&RgbImage],
     rng: &mut ChaCha8Rng,
 ) -> (Vec<FloatImage>, Vec<FloatImage>) {
-    let seeds: Vec<u64> = images.iter().map(|_| rng.random()).collect();
-    images
-        .par_iter()
-        .zip(seeds)
-        .map(|(image, seed)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (first.view(image, &mut rng).image, second.view(image, &mut rng).image)
-        })
-        .unzip()
+    let views = dense::views_with_pairs(first, second, images, rng);
+    (views.first, views.second)
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! Momentum ("EMA") updates of a key network from an online network of the same
 //! architecture: θ_k ← m·θ_k + (1 − m)·θ_q, for parameters only — BN running statistics
-//! of the key network stay its own, as in MoCo's `_momentum_update_key_encoder`.
+//! of the key network stay its own, as in MoCo's `_momentum_update_key_encoder` — and the
+//! key branch's substitute for shuffle-BN.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 
 const BUFFERS: [&str; 2] = ["running_mean", "running_var"];
 
@@ -63,6 +66,79 @@ pub fn momentum_update<M: Module>(key: M, online: &M, momentum: f64) -> M {
     key.map(&mut blend)
 }
 
+/// What a key branch returns: one tensor or a tuple of tensors, each with the batch first.
+pub trait KeyBatch: Sized {
+    /// Rows `index` of the batch axis.
+    fn select_rows(self, index: Tensor<1, Int>) -> Self;
+    /// Concatenation along the batch axis.
+    fn cat_rows(parts: Vec<Self>) -> Self;
+    /// Without gradient.
+    fn detach_all(self) -> Self;
+}
+
+impl<const D: usize> KeyBatch for Tensor<D> {
+    fn select_rows(self, index: Tensor<1, Int>) -> Self {
+        self.select(0, index)
+    }
+    fn cat_rows(parts: Vec<Self>) -> Self {
+        Tensor::cat(parts, 0)
+    }
+    fn detach_all(self) -> Self {
+        self.detach()
+    }
+}
+
+impl<A: KeyBatch, B: KeyBatch, C: KeyBatch> KeyBatch for (A, B, C) {
+    fn select_rows(self, index: Tensor<1, Int>) -> Self {
+        (self.0.select_rows(index.clone()), self.1.select_rows(index.clone()), self.2.select_rows(index))
+    }
+    fn cat_rows(parts: Vec<Self>) -> Self {
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for (x, y, z) in parts {
+            a.push(x);
+            b.push(y);
+            c.push(z);
+        }
+        (A::cat_rows(a), B::cat_rows(b), C::cat_rows(c))
+    }
+    fn detach_all(self) -> Self {
+        (self.0.detach_all(), self.1.detach_all(), self.2.detach_all())
+    }
+}
+
+/// Shuffle-BN's single-device substitute for a key branch: the batch is permuted, forwarded
+/// in `groups` chunks (so a key's BN statistics come from other images than its query's), and
+/// the outputs are put back in input order. Works for any outputs with the batch first (global
+/// or dense keys, or several at once). The result carries no gradient.
+///
+/// # Shapes
+/// `[B, 3, H, W]` → `[B, …]`
+pub fn split_batch_forward<T: KeyBatch>(
+    x: Tensor<4>,
+    groups: usize,
+    rng: &mut ChaCha8Rng,
+    forward: impl Fn(Tensor<4>) -> T,
+) -> T {
+    let b = x.dims()[0];
+    let groups = groups.min(b);
+    if groups <= 1 {
+        return forward(x).detach_all();
+    }
+    let device = x.device();
+    let mut perm: Vec<i64> = (0..b as i64).collect();
+    perm.shuffle(rng);
+    let mut inverse = vec![0i64; b];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p as usize] = i as i64;
+    }
+    let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [b]), &device);
+    let shuffled = x.select(0, index(perm));
+    let chunk = b.div_ceil(groups);
+    let parts: Vec<T> =
+        (0..b).step_by(chunk).map(|start| forward(shuffled.clone().slice([start..(start + chunk).min(b)]))).collect();
+    T::cat_rows(parts).select_rows(index(inverse)).detach_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +170,27 @@ mod tests {
         }
         let rm: Vec<f32> = updated.bn.running_mean.value().into_data().try_to_vec().unwrap();
         assert_eq!(rm, vec![5.0, 6.0]);
+    }
+
+    #[test]
+    fn split_batch_outputs_come_back_in_input_order() {
+        use rand::SeedableRng;
+        // A per-sample function (no BN): grouping cannot change an output, so any mismatch is
+        // a permutation bug. Rank-4 outputs, as dense keys have.
+        let device = Device::flex();
+        let data: Vec<f32> = (0..7 * 3 * 2 * 2).map(|i| i as f32).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(data.clone(), [7, 3, 2, 2]), &device);
+        let forward = |t: Tensor<4>| t * 2.0 + 1.0;
+        let got: Vec<f32> =
+            split_batch_forward(x.clone(), 3, &mut ChaCha8Rng::seed_from_u64(4), forward).into_data().try_to_vec().unwrap();
+        let expected: Vec<f32> = data.iter().map(|v| v * 2.0 + 1.0).collect();
+        assert_eq!(got, expected);
+        // Several outputs at once (DenseCL's global keys, dense keys and backbone cells).
+        let several = |t: Tensor<4>| (t.clone().sum_dim(1).reshape([t.dims()[0], 4]), forward(t.clone()), t);
+        let (sums, doubled, same) = split_batch_forward(x.clone(), 2, &mut ChaCha8Rng::seed_from_u64(5), several);
+        assert_eq!(doubled.into_data().try_to_vec::<f32>().unwrap(), expected);
+        assert_eq!(same.into_data().try_to_vec::<f32>().unwrap(), data);
+        let sums: Vec<f32> = sums.into_data().try_to_vec().unwrap();
+        assert_eq!(sums[4], data[12] + data[16] + data[20]); // image 1, cell 0
     }
 }
