@@ -3,10 +3,12 @@
 
 pub mod byol;
 pub mod dense;
+pub mod densecl;
 pub mod edmoco;
 pub mod losses;
 pub mod moco;
 pub mod momentum;
+pub mod pixpro;
 pub mod pledmoco;
 pub mod plmoco;
 pub mod plr;
@@ -127,6 +129,8 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("edmoco", edmoco::build),
     ("plmoco", plmoco::build),
     ("pledmoco", pledmoco::build),
+    ("densecl", densecl::build),
+    ("pixpro", pixpro::build),
 ];
 
 /// Builds method `name`, or an error listing the known ones.
@@ -167,11 +171,14 @@ mod tests {
 
     /// Every registered method builds from defaults plus small sizes, and a few steps on one
     /// fixed batch with fixed views lower its loss. (MoCo's own test resets the queue between
-    /// measurements: with fixed views, last step's keys come back as hard negatives.)
+    /// measurements: with fixed views, last step's keys come back as hard negatives; the other
+    /// queue methods use a long queue at τ = 1 here for the same reason.)
     #[test]
     fn every_method_lowers_its_loss_on_a_fixed_batch() {
         let device = Device::flex().autodiff();
-        let encoder = EncoderConfig { base_width: 8, ..EncoderConfig::default() };
+        // Dense methods see 4×4 C5 maps (output stride 8), the others a pooled C5.
+        let global = EncoderConfig { base_width: 8, ..EncoderConfig::default() };
+        let dense = EncoderConfig { output_stride: 8, ..global.clone() };
         let optim = OptimConfig { lr: 0.1, weight_decay: 0.0, ..OptimConfig::default() };
         let images: Vec<RgbImage> = (0..8u32)
             .map(|i| RgbImage::from_fn(40, 40, |x, y| image::Rgb([((x * (i + 1)) % 256) as u8, ((y * 7 + i * 30) % 256) as u8, (i * 31) as u8])))
@@ -183,9 +190,17 @@ mod tests {
                 "byol" => toml::toml! { dim = 16 hidden = 32 },
                 "simsiam" => toml::toml! { dim = 32 pred_hidden = 8 },
                 "plr" => toml::toml! { decoder = { channels = 16 } },
+                // Queue methods: a long queue at τ = 1, so that last step's keys (the same
+                // views again) weigh like any other negative.
+                "edmoco" | "pledmoco" => toml::toml! {
+                    queue_size = 65536 dim = 16 temperature = 1.0 decoder = { channels = 16, dilation = 1 }
+                },
+                "plmoco" | "densecl" => toml::toml! { queue_size = 65536 dim = 16 temperature = 1.0 },
+                "pixpro" => toml::toml! { dim = 16 hidden = 32 },
                 _ => toml::Table::new(),
             };
-            let context = BuildContext { init: None, encoder: &encoder, optim: &optim, view_size: 32, settings, device: &device };
+            let encoder = if ["plr", "plmoco", "pledmoco", "densecl", "pixpro"].contains(name) { &dense } else { &global };
+            let context = BuildContext { init: None, encoder, optim: &optim, view_size: 32, settings, device: &device };
             device.seed(7);
             let mut method = build(name, context).unwrap();
             let losses: Vec<f64> = (0..10)
