@@ -3,6 +3,7 @@
 mod data;
 mod eval;
 mod finetune;
+mod plot;
 mod predict;
 mod pretrain;
 mod quickstart;
@@ -43,6 +44,8 @@ enum Command {
     Export(weights::ExportArgs),
     /// Write one image's encoder features as .npy, for parity checks against PyTorch.
     Features(weights::FeaturesArgs),
+    /// Draw runs' training curves (loss, kNN accuracy, …) into one PNG.
+    Plot(plot::PlotArgs),
 }
 
 /// Options every run command shares.
@@ -80,6 +83,7 @@ fn main() {
         Command::Import(args) => weights::import(args),
         Command::Export(args) => weights::export(args),
         Command::Features(args) => weights::features(args),
+        Command::Plot(args) => plot::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

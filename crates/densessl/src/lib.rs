@@ -13,6 +13,7 @@ pub mod device;
 mod error;
 pub mod models;
 pub mod npy;
+pub mod plot;
 pub mod pretext;
 pub mod quickstart;
 pub mod seg;
