@@ -14,7 +14,8 @@ Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml
               val [200], seed [0], unlabeled [folder of images, used instead of the train split],
               unlabeled_count [4000, fashion-scenes]
   [encoder]   arch [resnet18|34|50|101], base_width [64], output_stride [32|16|8]
-  [method]    name [moco-v1 | moco-v2 | simclr | byol | simsiam | rotation | plr] + its settings
+  [method]    name [moco-v1 | moco-v2 | simclr | byol | simsiam | rotation | plr | edmoco |
+              plmoco | pledmoco | densecl | pixpro] + its settings
               (every default is written to the run's config.toml):
               moco-v1/v2: dim, projector [linear|mlp], queue_size, temperature, momentum,
                           key_bn_groups, [method.augment]
@@ -23,6 +24,15 @@ Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml
               simsiam: dim [2048], pred_hidden [512], fix_predictor_lr [true], [method.augment]
               rotation: [method.augment]
               plr: grid [4], [method.decoder] (any [head] settings), [method.augment]
+              edmoco: moco-v2's settings + [method.decoder] [moco-fcn]
+              plmoco: dim [128], hidden [0 = map channels], queue_size [16384],
+                      enqueue_per_image [4], temperature [0.2], momentum [0.999],
+                      key_bn_groups [2], layer [c5|c4], [method.augment]
+              pledmoco: plmoco's settings + [method.decoder] [moco-fcn]
+              densecl: dim, hidden, queue_size, temperature, momentum, key_bn_groups,
+                       dense_weight [0.5], dense_warmup_steps [0], [method.augment]
+              pixpro: dim [256], hidden [0 = 2·C5], ratio [0.7], gamma [2], transform_layers
+                      [1], base_momentum [0.99], [method.augment_first|second]
   [optim]     lr [0.03], momentum [0.9], weight_decay [1e-4], encoder_lr_mult [1.0],
               no_decay_norm_bias [false]
   [schedule]  kind [cosine|step|poly|linear|constant], warmup_steps [0], milestones, gamma, power
