@@ -5,6 +5,8 @@ pub mod byol;
 pub mod dense;
 pub mod densecl;
 pub mod edmoco;
+#[doc = include_str!("../../../../docs/pretext-tasks.md")]
+pub mod guide {}
 pub mod losses;
 pub mod moco;
 pub mod momentum;
