@@ -119,6 +119,77 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         }
         root.present().map_err(|e| plot_error(path, e))?;
     }
+    save_png(path, width, height, buffer)
+}
+
+/// One bar: label, height and the half-length of its error bar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    /// Text under the bar.
+    pub label: String,
+    /// Height.
+    pub value: f64,
+    /// Error bar: ± this much (0 = none).
+    pub error: f64,
+}
+
+/// Draws `bars` with error bars into a `width`×`height` PNG at `path` (written atomically).
+pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar], (width, height): (u32, u32)) -> Result<()> {
+    if bars.is_empty() || bars.iter().any(|b| !b.value.is_finite() || !b.error.is_finite()) {
+        return Err(Error::Invalid(format!("{}: nothing to plot (no bars, or a bar is not finite)", path.display())));
+    }
+    let top = bars.iter().map(|b| b.value + b.error).fold(f64::MIN, f64::max);
+    let bottom = bars.iter().map(|b| b.value - b.error).fold(0.0, f64::min);
+    let top = if top > bottom { top + (top - bottom) * 0.08 } else { bottom + 1.0 };
+    let text = font_available();
+    let n = bars.len();
+    let mut buffer = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(12);
+        if text {
+            builder.caption(title, ("sans-serif", 20)).x_label_area_size(60).y_label_area_size(56);
+        } else {
+            builder.x_label_area_size(4).y_label_area_size(4);
+        }
+        let mut chart = builder.build_cartesian_2d(0.0..n as f64, bottom..top).map_err(|e| plot_error(path, e))?;
+        let mut mesh = chart.configure_mesh();
+        mesh.disable_x_mesh().light_line_style(RGBColor(235, 235, 235));
+        let label_of = |x: &f64| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 1e-6 && i < n { bars[i].label.clone() } else { String::new() }
+        };
+        if text {
+            mesh.y_desc(y_label).label_style(("sans-serif", 13)).x_labels(2 * n + 1).x_label_formatter(&label_of);
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(|e| plot_error(path, e))?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, b)| {
+                let color = PALETTE[i % PALETTE.len()];
+                Rectangle::new([(i as f64 + 0.15, 0.0f64.max(bottom)), (i as f64 + 0.85, b.value)], color.filled())
+            }))
+            .map_err(|e| plot_error(path, e))?;
+        for (i, b) in bars.iter().enumerate().filter(|(_, b)| b.error > 0.0) {
+            let x = i as f64 + 0.5;
+            let (lo, hi) = (b.value - b.error, b.value + b.error);
+            let style = BLACK.stroke_width(2);
+            chart
+                .draw_series([
+                    PathElement::new([(x, lo), (x, hi)], style),
+                    PathElement::new([(x - 0.12, lo), (x + 0.12, lo)], style),
+                    PathElement::new([(x - 0.12, hi), (x + 0.12, hi)], style),
+                ])
+                .map_err(|e| plot_error(path, e))?;
+        }
+        root.present().map_err(|e| plot_error(path, e))?;
+    }
+    save_png(path, width, height, buffer)
+}
+
+fn save_png(path: &Path, width: u32, height: u32, buffer: Vec<u8>) -> Result<()> {
     let image = image::RgbImage::from_raw(width, height, buffer).expect("buffer has width × height × 3 bytes");
     let mut png = std::io::Cursor::new(Vec::new());
     image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| plot_error(path, e))?;
@@ -161,6 +232,25 @@ mod tests {
             assert!(count > 100, "{count} pixels of {color:?}");
         }
         assert!(!image.pixels().any(|p| p.0 == [PALETTE[2].0, PALETTE[2].1, PALETTE[2].2]));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bars_have_their_colours_and_error_bars() {
+        let dir = std::env::temp_dir().join(format!("densessl-bars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bars.png");
+        let bars = vec![
+            Bar { label: "RandomInit".into(), value: 0.20, error: 0.01 },
+            Bar { label: "MoCo v2".into(), value: 0.30, error: 0.02 },
+        ];
+        bar_chart(&path, "mIoU", "mIoU", &bars, (300, 240)).unwrap();
+        let image = image::open(&path).unwrap().to_rgb8();
+        let count = |c: RGBColor| image.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count();
+        // The taller bar covers more pixels; black error bars are drawn.
+        assert!(count(PALETTE[1]) > count(PALETTE[0]) && count(PALETTE[0]) > 500, "{} {}", count(PALETTE[0]), count(PALETTE[1]));
+        assert!(count(BLACK) > 20);
+        assert!(bar_chart(&path, "t", "y", &[], (300, 240)).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 
