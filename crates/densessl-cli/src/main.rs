@@ -2,6 +2,7 @@
 
 mod data;
 mod eval;
+mod experiment;
 mod finetune;
 mod plot;
 mod predict;
@@ -44,6 +45,8 @@ enum Command {
     Export(weights::ExportArgs),
     /// Write one image's encoder features as .npy, for parity checks against PyTorch.
     Features(weights::FeaturesArgs),
+    /// Run a grid of pre-trainings × heads × seeds (resumable) and write the results table and plots.
+    Experiment(experiment::ExperimentArgs),
     /// Draw runs' training curves (loss, kNN accuracy, …) into one PNG.
     Plot(plot::PlotArgs),
 }
@@ -84,6 +87,7 @@ fn main() {
         Command::Export(args) => weights::export(args),
         Command::Features(args) => weights::features(args),
         Command::Plot(args) => plot::run(args),
+        Command::Experiment(args) => experiment::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

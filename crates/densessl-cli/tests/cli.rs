@@ -295,3 +295,89 @@ fn protocol_seeds_predict_and_eval_of_saved_predictions_agree() {
     let o = densessl(&["eval", "--pred", pred.to_str().unwrap(), "--gt", gt.to_str().unwrap(), "--num-classes", "6"]);
     assert!(!o.status.success() && stderr(&o).contains("val_000002.png"), "{}", stderr(&o));
 }
+
+/// A tiny grid end to end: RandomInit and MoCo v2 rows, a MoCo v2 → DenseCL continuation,
+/// two seeds; then a re-run skips everything, a run killed half-way (no summary.json) is
+/// redone alone, and `--emit slurm` writes stages in dependency order.
+#[test]
+fn experiment_grid_runs_reports_resumes_and_emits_slurm() {
+    let dir = temp_dir("experiment");
+    let pretrain = |method: &str, extra: &str| {
+        let text = format!(
+            "[data]\nsource = \"procedural\"\nsize = 32\ntrain = 16\n[encoder]\nbase_width = 4\noutput_stride = 8\n\
+             [method]\nname = \"{method}\"\nqueue_size = 64\ndim = 8\n{extra}\n[train]\nbatch_size = 4\nview_size = 32\nlog_every = 1\n"
+        );
+        std::fs::write(dir.join(format!("{method}.toml")), text).unwrap();
+    };
+    pretrain("moco-v2", "");
+    pretrain("densecl", "");
+    std::fs::write(
+        dir.join("finetune.toml"),
+        "[data]\nsource = \"procedural\"\nsize = 32\ntrain = 8\nval = 4\n[encoder]\nbase_width = 4\noutput_stride = 8\n\
+         [head]\nchannels = 8\ndilation = 1\n[train]\nsteps = 3\nbatch_size = 4\neval_batch_size = 4\n",
+    )
+    .unwrap();
+    let experiment = dir.join("tiny.toml");
+    let d = dir.display();
+    std::fs::write(
+        &experiment,
+        format!(
+            "name = \"tiny\"\nout = \"{d}/out\"\nseeds = 2\n[pretrain]\nconfig = \"{d}/{{method}}.toml\"\n\
+             [finetune]\nconfig = \"{d}/finetune.toml\"\n\
+             [[grid]]\nmethods = [\"random\", \"moco-v2\"]\nsteps = [2]\nheads = [\"fcn\"]\n\
+             [[grid]]\nmethods = [\"densecl\"]\nsteps = [1]\nheads = [\"fcn\"]\ncontinue_from = {{ method = \"moco-v2\", steps = 2 }}\n\
+             pretrain_set = [\"optim.encoder_lr_mult=0.1\"]\n"
+        ),
+    )
+    .unwrap();
+    let file = experiment.to_str().unwrap();
+
+    let o = densessl(&["experiment", file, "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(listing.contains("8 runs, 8 to run"), "{listing}");
+
+    let o = densessl(&["experiment", file]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("8 runs trained, 0 already finished"), "{}", stderr(&o));
+    let out = dir.join("out");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    for label in ["| RandomInit | — | fcn |", "| moco-v2 | 2 | fcn |", "| moco-v2 → densecl | 1 | fcn |"] {
+        assert!(md.contains(label), "{label} missing in\n{md}");
+    }
+    assert!(md.contains("continues moco-v2 (2 steps)") && md.contains("vs MoCo v2"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        assert_eq!(row["seeds"].as_array().unwrap().len(), 2, "{row}");
+        assert!(row["miou_mean"].as_f64().unwrap() >= 0.0);
+    }
+    assert!(out.join("pretrain_loss.png").exists() && out.join("miou_fcn.png").exists());
+    // The continuation started from its parent's encoder.
+    let continued: Vec<_> = std::fs::read_dir(out.join("pretrain")).unwrap().map(|e| e.unwrap().path()).collect();
+    let child = continued.iter().find(|p| p.to_string_lossy().contains("pt-densecl")).unwrap();
+    let manifest = std::fs::read_to_string(child.join("manifest.json")).unwrap();
+    assert!(manifest.contains("pt-moco-v2-2-"), "{manifest}");
+
+    // Nothing left to do.
+    let o = densessl(&["experiment", file]);
+    assert!(stderr(&o).contains("0 runs trained, 8 already finished"), "{}", stderr(&o));
+    // A run killed half-way has a directory but no summary.json: only it runs again.
+    let killed = std::fs::read_dir(out.join("finetune")).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().contains("densecl")).unwrap();
+    std::fs::remove_file(killed.join("summary.json")).unwrap();
+    let o = densessl(&["experiment", file]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 runs trained, 7 already finished"), "{}", stderr(&o));
+
+    let slurm = dir.join("slurm");
+    let o = densessl(&["experiment", file, "--emit", "slurm", slurm.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stage = |name: &str| std::fs::read_to_string(slurm.join(name)).unwrap();
+    assert_eq!(stage("stage-1-pretrain.txt").lines().count(), 1);
+    assert!(stage("stage-2-continue.txt").starts_with("pt-densecl-1-"));
+    assert_eq!(stage("stage-3-finetune.txt").lines().count(), 6);
+    let submit = stage("submit.sh");
+    assert!(submit.contains("--array=0-5") && submit.contains("afterok") && submit.contains("collect.sh"), "{submit}");
+    assert!(stage("task.sh").contains("--only \"$id\""));
+}

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod experiment;
 mod error;
 pub mod models;
 pub mod npy;
