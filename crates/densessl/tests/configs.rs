@@ -49,3 +49,31 @@ fn finetune_configs_and_protocols_parse() {
         assert_eq!(config.protocol.as_deref(), Some(name));
     }
 }
+
+/// Every committed experiment resolves into runs: each method's config, each protocol preset
+/// and override is loaded and checked, and every method of the registry appears in mini.toml.
+#[test]
+fn experiments_resolve_into_plans() {
+    use densessl::experiment::ExperimentSpec;
+    use densessl::experiment::plan::Plan;
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(root.join("experiments")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        let mut spec = ExperimentSpec::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        // Paths in experiment files start from the repository root.
+        spec.pretrain.config = root.join(&spec.pretrain.config).display().to_string();
+        let plan = Plan::build(&spec).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(!plan.finetune.is_empty(), "{}", file.display());
+        if file.ends_with("mini.toml") {
+            let methods: Vec<&str> = plan.pretrain.iter().map(|j| j.method.as_str()).collect();
+            for (name, _) in pretext::METHODS {
+                assert!(methods.contains(name), "mini.toml lacks {name}");
+            }
+            let estimate: f64 = plan.pretrain.iter().map(|j| j.estimate_s).chain(plan.finetune.iter().map(|j| j.estimate_s)).sum();
+            assert!(estimate < 90.0 * 60.0, "mini.toml is estimated at {:.0} min", estimate / 60.0);
+        }
+    }
+}

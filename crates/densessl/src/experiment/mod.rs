@@ -87,6 +87,12 @@ pub struct GridBlock {
     /// Overrides for this block's pre-trainings (after `[pretrain] set`).
     #[serde(default)]
     pub pretrain_set: Vec<String>,
+    /// Fine-tuning protocol preset for this block (instead of `[finetune] protocol`).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Overrides for this block's fine-tunes (after `[finetune] set`).
+    #[serde(default)]
+    pub finetune_set: Vec<String>,
 }
 
 /// The pre-training a continuation starts from.

@@ -37,6 +37,8 @@ pub struct Row {
     pub head: String,
     /// The parent pre-training of a continuation: method and steps.
     pub parent: Option<(String, usize)>,
+    /// The block's fine-tuning protocol, if it overrides the experiment's.
+    pub protocol: Option<String>,
 }
 
 impl Row {
@@ -129,9 +131,10 @@ impl Plan {
                             steps,
                             head: head.clone(),
                             parent: block.continue_from.as_ref().map(|p| (p.method.clone(), p.steps)),
+                            protocol: block.protocol.clone(),
                         };
                         for k in 0..spec.seeds as u64 {
-                            plan.finetune_job(row.clone(), pretrain.clone(), spec.first_seed + k)?;
+                            plan.finetune_job(row.clone(), pretrain.clone(), spec.first_seed + k, &block.finetune_set)?;
                         }
                     }
                 }
@@ -158,20 +161,22 @@ impl Plan {
         Ok(id)
     }
 
-    fn finetune_job(&mut self, row: Row, pretrain: Option<String>, seed: u64) -> Result<()> {
+    fn finetune_job(&mut self, row: Row, pretrain: Option<String>, seed: u64, extra: &[String]) -> Result<()> {
         let spec = &self.spec.finetune;
-        let preset = match &spec.protocol {
+        let preset = match row.protocol.as_ref().or(spec.protocol.as_ref()) {
             Some(name) => Some((name.as_str(), crate::seg::protocol::preset(name)?)),
             None => None,
         };
         let mut overrides = spec.set.clone();
+        overrides.extend(extra.iter().cloned());
         overrides.push(format!("head.name=\"{}\"", row.head));
         overrides.push(format!("seed={seed}"));
         let config: FinetuneConfig = load_with_preset(preset, spec.config.as_deref(), &overrides)?;
         config.check()?;
         let key = format!("{}\npretrain = {pretrain:?}", to_toml(&config)?);
         let label = slug(&row.label().replace(" → ", "-to-"));
-        let id = format!("ft-{label}-{}-s{seed}-{}", slug(&row.head), short_hash(&key));
+        let protocol = row.protocol.as_ref().map(|p| format!("{}-", slug(p))).unwrap_or_default();
+        let id = format!("ft-{label}-{}-{protocol}s{seed}-{}", slug(&row.head), short_hash(&key));
         let crop = if config.augment.crop_size > 0 { config.augment.crop_size as f64 } else { f64::from(config.data.size) } / 64.0;
         let estimate_s = (config.train.steps * config.train.batch_size) as f64 * crop * crop / FINETUNE_IMAGES_PER_S;
         self.finetune.push(FinetuneJob { id, row, pretrain, seed, config, estimate_s });

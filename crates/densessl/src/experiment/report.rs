@@ -69,7 +69,15 @@ pub fn collect(plan: &Plan) -> Result<Vec<RowResult>> {
 
 /// The gap of `result` to the MoCo v2 row with the same head (same length preferred).
 pub fn gap_to_moco_v2(result: &RowResult, all: &[RowResult]) -> Option<Gap> {
-    let candidates = || all.iter().filter(|r| r.row.method == "moco-v2" && r.row.parent.is_none() && r.row.head == result.row.head && !r.seeds.is_empty());
+    let candidates = || {
+        all.iter().filter(|r| {
+            r.row.method == "moco-v2"
+                && r.row.parent.is_none()
+                && r.row.head == result.row.head
+                && r.row.protocol == result.row.protocol
+                && !r.seeds.is_empty()
+        })
+    };
     let reference = candidates().find(|r| r.row.steps == result.row.steps).or_else(|| candidates().next())?;
     if reference.row == result.row || result.seeds.is_empty() {
         return None;
@@ -79,6 +87,9 @@ pub fn gap_to_moco_v2(result: &RowResult, all: &[RowResult]) -> Option<Gap> {
 
 fn note(result: &RowResult, all: &[RowResult]) -> String {
     let mut parts = Vec::new();
+    if let Some(protocol) = &result.row.protocol {
+        parts.push(format!("protocol {protocol}"));
+    }
     if let Some((method, steps)) = &result.row.parent {
         parts.push(format!("continues {method} ({steps} steps)"));
     }
@@ -124,6 +135,7 @@ pub fn write(plan: &Plan) -> Result<Vec<PathBuf>> {
             let gap = gap_to_moco_v2(r, &results);
             serde_json::json!({
                 "method": r.row.method, "label": r.row.label(), "pretrain_steps": r.row.steps, "head": r.row.head,
+                "protocol": r.row.protocol,
                 "continues": r.row.parent.as_ref().map(|(m, s)| serde_json::json!({"method": m, "steps": s})),
                 "miou_mean": r.miou.0, "miou_std": r.miou.1,
                 "seeds": r.seeds.iter().map(|(s, m)| serde_json::json!({"seed": s, "miou": m})).collect::<Vec<_>>(),
@@ -163,18 +175,20 @@ pub fn write(plan: &Plan) -> Result<Vec<PathBuf>> {
         line_chart(&path, "pre-training loss", "step", "loss", &curves, (900, 560))?;
         written.push(path);
     }
-    let heads: BTreeSet<&str> = results.iter().map(|r| r.row.head.as_str()).collect();
-    for head in heads {
+    let charts: BTreeSet<(&str, Option<&str>)> = results.iter().map(|r| (r.row.head.as_str(), r.row.protocol.as_deref())).collect();
+    for (head, protocol) in charts {
         let bars: Vec<Bar> = results
             .iter()
-            .filter(|r| r.row.head == head && !r.seeds.is_empty())
+            .filter(|r| r.row.head == head && r.row.protocol.as_deref() == protocol && !r.seeds.is_empty())
             .map(|r| Bar { label: r.row.label(), value: r.miou.0, error: r.miou.1 })
             .collect();
         if bars.is_empty() {
             continue;
         }
-        let path = plan.out.join(format!("miou_{head}.png"));
-        bar_chart(&path, &format!("mIoU, {head} head (mean ± std over seeds)"), "mIoU", &bars, ((120 * bars.len() as u32).max(480), 480))?;
+        let suffix = protocol.map(|p| format!("_{p}")).unwrap_or_default();
+        let path = plan.out.join(format!("miou_{head}{suffix}.png"));
+        let title = format!("mIoU, {head} head{} (mean ± std over seeds)", protocol.map(|p| format!(", {p}")).unwrap_or_default());
+        bar_chart(&path, &title, "mIoU", &bars, ((120 * bars.len() as u32).max(480), 480))?;
         written.push(path);
     }
     Ok(written)
