@@ -247,6 +247,23 @@ mod tests {
     }
 
     #[test]
+    fn keys_come_from_the_momentum_network() {
+        // EDMoCo's too: a decoder makes no difference to where keys come from.
+        let mut m = tiny(16);
+        let x = Tensor::<4>::from_data(
+            TensorData::new((0..4 * 3 * 32 * 32).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect::<Vec<f32>>(), [4, 3, 32, 32]),
+            &m.device,
+        );
+        let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
+        let before = values(m.keys(x.clone(), &mut ChaCha8Rng::seed_from_u64(1)));
+        let other = tiny(16);
+        m.online = other.key.clone();
+        assert_eq!(values(m.keys(x.clone(), &mut ChaCha8Rng::seed_from_u64(1))), before);
+        m.key = other.key;
+        assert_ne!(values(m.keys(x, &mut ChaCha8Rng::seed_from_u64(1))), before);
+    }
+
+    #[test]
     fn steps_on_a_fixed_batch_lower_the_loss_against_a_fixed_queue() {
         for (name, defaults) in [("moco-v1", ViewAugment::moco_v1(32)), ("moco-v2", ViewAugment::moco_v2(32))] {
             let mut m = tiny(64);
