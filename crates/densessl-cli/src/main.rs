@@ -1,5 +1,6 @@
 //! The `densessl` command: a thin layer over the library, one file per subcommand.
 
+mod bench;
 mod data;
 mod eval;
 mod experiment;
@@ -45,6 +46,9 @@ enum Command {
     Export(weights::ExportArgs),
     /// Write one image's encoder features as .npy, for parity checks against PyTorch.
     Features(weights::FeaturesArgs),
+    /// Speed: median train-step time, images/s and peak memory (compare with bench/compare.sh).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Run a grid of pre-trainings × heads × seeds (resumable) and write the results table and plots.
     Experiment(experiment::ExperimentArgs),
     /// Draw runs' training curves (loss, kNN accuracy, …) into one PNG.
@@ -88,6 +92,7 @@ fn main() {
         Command::Features(args) => weights::features(args),
         Command::Plot(args) => plot::run(args),
         Command::Experiment(args) => experiment::run(args),
+        Command::Bench(command) => bench::run(command),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
