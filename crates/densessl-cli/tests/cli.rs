@@ -381,3 +381,27 @@ fn experiment_grid_runs_reports_resumes_and_emits_slurm() {
     assert!(submit.contains("--array=0-5") && submit.contains("afterok") && submit.contains("collect.sh"), "{submit}");
     assert!(stage("task.sh").contains("--only \"$id\""));
 }
+
+#[test]
+fn bench_json_and_plot_of_two_runs() {
+    let o = densessl(&["bench", "train-step", "--base-width", "4", "--batch", "2", "--size", "32", "--steps", "2", "--warmup", "0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let median = result["median_s_per_step"].as_f64().unwrap();
+    assert!(median > 0.0 && (result["images_per_s"].as_f64().unwrap() - 2.0 / median).abs() < 1e-6, "{result}");
+    assert!(result.get("peak_rss_mb").is_some());
+
+    let dir = temp_dir("plot");
+    for (run, slope) in [("a", 1.0), ("b", 2.0)] {
+        std::fs::create_dir_all(dir.join(run)).unwrap();
+        let lines: String = (1..=20).map(|s| format!("{{\"step\":{s},\"loss\":{}}}\n", 10.0 - slope * 0.1 * s as f64)).collect();
+        std::fs::write(dir.join(run).join("metrics.jsonl"), lines).unwrap();
+    }
+    let png = dir.join("loss.png");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let o = densessl(&["plot", a.to_str().unwrap(), b.to_str().unwrap(), "--out", png.to_str().unwrap(), "--size", "320x200"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (320, 200));
+    let o = densessl(&["plot", a.to_str().unwrap(), "--key", "knn_acc", "--out", png.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("no 'knn_acc'"), "{}", stderr(&o));
+}
