@@ -56,36 +56,29 @@ pub fn run(plan: &Plan, options: &RunnerOptions) -> Result<RunCounts> {
     {
         return Err(Error::Invalid(format!("no run '{only}' in this experiment: see --dry-run for the ids")));
     }
-    let wanted = |id: &str| options.only.as_deref().is_none_or(|only| only == id);
     let total = plan.pretrain.len() + plan.finetune.len();
     let mut counts = RunCounts::default();
-    let mut index = 0;
     let run_options = |out| RunOptions { out, device: options.device.clone(), argv: options.argv.clone() };
+    // Every run in plan order: its id, directory, estimate, the pre-training it needs, and how
+    // to train it once its `init` is known.
+    type Train<'a> = Box<dyn Fn(Option<String>, std::path::PathBuf) -> Result<String> + 'a>;
+    let mut runs: Vec<(&str, std::path::PathBuf, f64, Option<&str>, Train)> = Vec::new();
     for job in &plan.pretrain {
-        index += 1;
-        let dir = plan.pretrain_dir(&job.id);
-        if !wanted(&job.id) {
-            continue;
-        }
-        if is_done(&dir) {
-            counts.skipped += 1;
-            continue;
-        }
-        clear_unfinished(&dir)?;
-        let mut config = job.config.clone();
-        if let Some(parent) = &job.parent {
-            config.init = Some(require_finished(plan, parent, &job.id)?.display().to_string());
-        }
-        eprintln!("[{index}/{total}] {} (about {:.0} s)", job.id, job.estimate_s);
-        let start = Instant::now();
-        let outcome = pretrain::run(&config, &run_options(dir))?;
-        eprintln!("[{index}/{total}] {}: loss {:.4} in {:.0} s", job.id, outcome.final_loss, start.elapsed().as_secs_f64());
-        counts.ran += 1;
+        let train: Train = Box::new(|init, dir| {
+            let config = pretrain::PretrainConfig { init, ..job.config.clone() };
+            Ok(format!("loss {:.4}", pretrain::run(&config, &run_options(dir))?.final_loss))
+        });
+        runs.push((&job.id, plan.pretrain_dir(&job.id), job.estimate_s, job.parent.as_deref(), train));
     }
     for job in &plan.finetune {
-        index += 1;
-        let dir = plan.finetune_dir(&job.id);
-        if !wanted(&job.id) {
+        let train: Train = Box::new(|init, dir| {
+            let config = finetune::FinetuneConfig { init, ..job.config.clone() };
+            Ok(format!("mIoU {:.4}", finetune::run(&config, &run_options(dir))?.metrics.miou))
+        });
+        runs.push((&job.id, plan.finetune_dir(&job.id), job.estimate_s, job.pretrain.as_deref(), train));
+    }
+    for (index, (id, dir, estimate, needs, train)) in runs.into_iter().enumerate() {
+        if options.only.as_deref().is_some_and(|only| only != id) {
             continue;
         }
         if is_done(&dir) {
@@ -93,13 +86,11 @@ pub fn run(plan: &Plan, options: &RunnerOptions) -> Result<RunCounts> {
             continue;
         }
         clear_unfinished(&dir)?;
-        let mut config = job.config.clone();
-        if let Some(pretrain) = &job.pretrain {
-            config.init = Some(require_finished(plan, pretrain, &job.id)?.display().to_string());
-        }
-        eprintln!("[{index}/{total}] {} (about {:.0} s)", job.id, job.estimate_s);
-        let outcome = finetune::run(&config, &run_options(dir))?;
-        eprintln!("[{index}/{total}] {}: mIoU {:.4} in {:.0} s", job.id, outcome.metrics.miou, outcome.wall_s);
+        let init = needs.map(|pretrain| require_finished(plan, pretrain, id)).transpose()?;
+        eprintln!("[{}/{total}] {id} (about {estimate:.0} s)", index + 1);
+        let start = Instant::now();
+        let outcome = train(init.map(|p| p.display().to_string()), dir)?;
+        eprintln!("[{}/{total}] {id}: {outcome} in {:.0} s", index + 1, start.elapsed().as_secs_f64());
         counts.ran += 1;
     }
     Ok(counts)

@@ -130,7 +130,7 @@ impl PretextMethod for Byol {
     }
 
     fn settings(&self) -> toml::Table {
-        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+        super::settings_table(&self.settings)
     }
 }
 

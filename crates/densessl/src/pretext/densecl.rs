@@ -212,16 +212,11 @@ impl PretextMethod for DenseCl {
     }
 
     fn settings(&self) -> toml::Table {
-        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+        super::settings_table(&self.settings)
     }
 
     fn notes(&self) -> serde_json::Value {
-        serde_json::json!({
-            "shuffle_bn": format!(
-                "split-batch substitute: key batch permuted and forwarded in {} chunks, dense keys un-permuted with it",
-                self.settings.key_bn_groups
-            ),
-        })
+        super::momentum::split_batch_note(self.settings.key_bn_groups)
     }
 }
 

@@ -140,13 +140,7 @@ impl Moco {
         }
         let device = context.device.clone();
         let resnet = context.encoder.resnet()?;
-        let decoder = |device: &Device| -> Result<Option<Head>> {
-            settings
-                .decoder
-                .as_ref()
-                .map(|head| head.init(resnet.channels(), 1, device).map_err(|e| Error::Invalid(format!("method.decoder: {e}"))))
-                .transpose()
-        };
+        let decoder = |device: &Device| super::decoder(settings.decoder.as_ref(), resnet.channels(), device);
         let c = settings.decoder.as_ref().map_or(resnet.channels()[3], HeadConfig::channels);
         let dims = if settings.projector == "linear" { vec![c, settings.dim] } else { vec![c, c, settings.dim] };
         let projector = || MlpConfig::new(dims.clone()).with_batch_norm(false).init(&device);
@@ -199,16 +193,11 @@ impl PretextMethod for Moco {
     }
 
     fn settings(&self) -> toml::Table {
-        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+        super::settings_table(&self.settings)
     }
 
     fn notes(&self) -> serde_json::Value {
-        serde_json::json!({
-            "shuffle_bn": format!(
-                "split-batch substitute: key batch permuted and forwarded in {} chunks",
-                self.settings.key_bn_groups
-            ),
-        })
+        super::momentum::split_batch_note(self.settings.key_bn_groups)
     }
 }
 

@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::models::heads::{Head, HeadConfig};
 use crate::models::resnet::{ResNet, ResNetConfig};
 use crate::models::segmenter::EncoderConfig;
 use crate::train::optim::OptimConfig;
@@ -152,6 +153,19 @@ pub fn parse_settings<T: Serialize + DeserializeOwned>(defaults: T, user: toml::
     toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::Config { source_name: "[method]".into(), message: e.to_string() })
+}
+
+/// A method's settings as the TOML table [`PretextMethod::settings`] returns.
+pub fn settings_table<T: Serialize>(settings: &T) -> toml::Table {
+    toml::Table::try_from(settings).expect("settings serialize to TOML")
+}
+
+/// The decoder of an encoder-decoder method (`[method.decoder]`), if configured; its
+/// classifier has one class and is never used.
+pub fn decoder(config: Option<&HeadConfig>, encoder_channels: [usize; 4], device: &Device) -> Result<Option<Head>> {
+    config
+        .map(|head| head.init(encoder_channels, 1, device).map_err(|e| Error::Invalid(format!("method.decoder: {e}"))))
+        .transpose()
 }
 
 /// Two augmented views of every image, each pair drawn from its own seed (in parallel, but

@@ -66,6 +66,13 @@ pub fn momentum_update<M: Module>(key: M, online: &M, momentum: f64) -> M {
     key.map(&mut blend)
 }
 
+/// The manifest note of methods that use [`split_batch_forward`].
+pub fn split_batch_note(groups: usize) -> serde_json::Value {
+    serde_json::json!({
+        "shuffle_bn": format!("split-batch substitute: key batch permuted and forwarded in {groups} chunks, outputs un-permuted")
+    })
+}
+
 /// What a key branch returns: one tensor or a tuple of tensors, each with the batch first.
 pub trait KeyBatch: Sized {
     /// Rows `index` of the batch axis.

@@ -217,7 +217,7 @@ impl PretextMethod for PixPro {
     }
 
     fn settings(&self) -> toml::Table {
-        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+        super::settings_table(&self.settings)
     }
 }
 

@@ -138,13 +138,7 @@ impl PlMoco {
             None => resnet.channels()[3],
         };
         let hidden = if settings.hidden == 0 { channels } else { settings.hidden };
-        let decoder = |device: &Device| -> Result<Option<Head>> {
-            settings
-                .decoder
-                .as_ref()
-                .map(|head| head.init(resnet.channels(), 1, device).map_err(|e| Error::Invalid(format!("method.decoder: {e}"))))
-                .transpose()
-        };
+        let decoder = |device: &Device| super::decoder(settings.decoder.as_ref(), resnet.channels(), device);
         let use_c4 = settings.layer == "c4";
         let projector = || ConvMlpConfig::new(vec![channels, hidden, settings.dim]).init(&device);
         let online = PlMocoNet { backbone: context.backbone(&resnet), decoder: decoder(&device)?, projector: projector(), use_c4 };
@@ -212,16 +206,11 @@ impl PretextMethod for PlMoco {
     }
 
     fn settings(&self) -> toml::Table {
-        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+        super::settings_table(&self.settings)
     }
 
     fn notes(&self) -> serde_json::Value {
-        serde_json::json!({
-            "shuffle_bn": format!(
-                "split-batch substitute: key batch permuted and forwarded in {} chunks",
-                self.settings.key_bn_groups
-            ),
-        })
+        super::momentum::split_batch_note(self.settings.key_bn_groups)
     }
 }
 

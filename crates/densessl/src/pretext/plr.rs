@@ -107,7 +107,7 @@ impl PretextMethod for Plr {
     }
 
     fn settings(&self) -> toml::Table {
-        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+        super::settings_table(&self.settings)
     }
 }
 

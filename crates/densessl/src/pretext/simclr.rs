@@ -91,7 +91,7 @@ impl PretextMethod for Simclr {
     }
 
     fn settings(&self) -> toml::Table {
-        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+        super::settings_table(&self.settings)
     }
 
     fn notes(&self) -> serde_json::Value {

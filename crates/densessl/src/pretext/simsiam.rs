@@ -105,7 +105,7 @@ impl PretextMethod for Simsiam {
     }
 
     fn settings(&self) -> toml::Table {
-        toml::Table::try_from(&self.settings).expect("settings serialize to TOML")
+        super::settings_table(&self.settings)
     }
 
     fn notes(&self) -> serde_json::Value {
