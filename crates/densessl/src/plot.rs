@@ -49,8 +49,8 @@ fn font_available() -> bool {
     })
 }
 
-/// Line colours, distinguishable and printable.
-pub const PALETTE: [RGBColor; 10] = [
+/// Line colours, distinguishable and printable (ten strong, then ten light variants).
+pub const PALETTE: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -61,6 +61,16 @@ pub const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
 ];
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
