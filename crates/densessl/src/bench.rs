@@ -85,7 +85,7 @@ pub fn train_step(bench: &TrainStepBench, device: &DeviceSpec) -> Result<BenchRe
     let encoder = EncoderConfig { arch: bench.arch.clone(), base_width: bench.base_width, ..EncoderConfig::default() };
     let optim = OptimConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, ..OptimConfig::default() };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut step: Box<dyn FnMut(usize) -> Result<()>> = match &bench.method {
+    let mut step: Step = match &bench.method {
         None => supervised_step(bench, &encoder, &optim, &device, &mut rng)?,
         Some(name) => {
             let context = BuildContext {

@@ -145,17 +145,7 @@ pub fn write(plan: &Plan) -> Result<Vec<PathBuf>> {
                 })),
             })
         })
-        .map(|v| {
-            // NaN (no finished seed) is not JSON: write null.
-            let mut v = v;
-            for key in ["miou_mean", "miou_std"] {
-                if v[key].as_f64().is_none() {
-                    v[key] = serde_json::Value::Null;
-                }
-            }
-            v
-        })
-        .collect();
+        .collect(); // serde_json writes NaN (no finished seed) as null
     let json_path = plan.out.join("results.json");
     let json = serde_json::json!({"experiment": plan.spec.name, "rows": rows});
     write_atomic(&json_path, serde_json::to_string_pretty(&json).expect("JSON").as_bytes())?;
