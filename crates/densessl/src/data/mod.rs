@@ -167,7 +167,7 @@ impl DataConfig {
                 Split::Val => &self.val_split,
             };
             let root = PathBuf::from(&self.source);
-            let samples = voc::load_split(&root, split_name)?;
+            let samples = voc::load_split(&root, split_name, Some(self.num_classes()))?;
             if samples.is_empty() {
                 return Err(Error::data(&root, format!("split '{split_name}' lists no images")));
             }

@@ -112,10 +112,25 @@ pub fn split_entries(root: &Path, split: &str) -> Result<Vec<SplitEntry>> {
     Ok(entries)
 }
 
-/// Loads every image and mask of a split; all bad files are reported together.
-pub fn load_split(root: &Path, split: &str) -> Result<Vec<SegSample>> {
+/// Loads every image and mask of a split; all bad files are reported together, including
+/// masks with labels outside `0..num_classes` and 255 (when `num_classes` is given).
+pub fn load_split(root: &Path, split: &str, num_classes: Option<usize>) -> Result<Vec<SegSample>> {
     let entries = split_entries(root, split)?;
-    let results: Vec<Result<SegSample>> = entries.par_iter().map(load_sample).collect();
+    let results: Vec<Result<SegSample>> = entries
+        .par_iter()
+        .map(|entry| {
+            let sample = load_sample(entry)?;
+            if let Some(classes) = num_classes
+                && let Some(bad) = sample.mask.pixels().map(|p| p.0[0]).find(|&l| usize::from(l) >= classes && l != super::IGNORE_LABEL)
+            {
+                return Err(Error::data(
+                    &entry.mask,
+                    format!("label {bad} is outside the {classes} classes (0..{}, and 255 = ignore); check num_classes or classes.txt", classes - 1),
+                ));
+            }
+            Ok(sample)
+        })
+        .collect();
     super::image_folder::collect_all(root, results)
         .map_err(|e| Error::data(root, format!("split '{split}': {e}")))
 }
@@ -191,7 +206,7 @@ mod tests {
         let train = g.scenes(0, 5);
         let val = g.scenes(100, 2);
         write_tree(&root, &[("train", &train), ("val", &val)]).unwrap();
-        let back = load_split(&root, "train").unwrap();
+        let back = load_split(&root, "train", None).unwrap();
         assert_eq!(back.len(), 5);
         for (a, b) in train.iter().zip(&back) {
             assert_eq!(a.mask, b.mask);
@@ -200,10 +215,10 @@ mod tests {
                 .map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.image.as_raw().len() as f64;
             assert!(diff < 12.0, "mean abs JPEG error {diff}");
         }
-        assert_eq!(load_split(&root, "val").unwrap().len(), 2);
+        assert_eq!(load_split(&root, "val", None).unwrap().len(), 2);
         // A missing image is reported with its path.
         std::fs::remove_file(root.join("JPEGImages/train_000002.jpg")).unwrap();
-        let err = load_split(&root, "train").unwrap_err().to_string();
+        let err = load_split(&root, "train", None).unwrap_err().to_string();
         assert!(err.contains("train_000002"), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }
@@ -234,17 +249,17 @@ mod tests {
         )
         .unwrap();
         // mmseg layout: the base folder resolves to VOCdevkit/VOC2012; train_aug finds aug.txt.
-        let aug = load_split(&base, "train_aug").unwrap();
+        let aug = load_split(&base, "train_aug", None).unwrap();
         assert_eq!(aug.len(), 3);
         assert!(aug.iter().all(|s| s.mask == grey), "aug splits prefer SegmentationClassAug");
-        let val = load_split(&base, "val").unwrap();
+        let val = load_split(&base, "val", None).unwrap();
         assert_eq!(val[0].mask, palette_mask, "ordinary splits prefer SegmentationClass");
         // DeepLab list format: image and mask paths per line.
         let pairs = split_entries(&base, "pairs").unwrap();
         assert_eq!(pairs.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
-        assert_eq!(load_split(&base, "pairs").unwrap()[1].mask, grey);
+        assert_eq!(load_split(&base, "pairs", None).unwrap()[1].mask, grey);
         // Errors name what is wrong.
-        let err = load_split(&base, "test").unwrap_err().to_string();
+        let err = load_split(&base, "test", None).unwrap_err().to_string();
         assert!(err.contains("no list for split 'test'"), "{err}");
         std::fs::write(root.join("list/bad.txt"), "a b c\n").unwrap();
         let err = split_entries(&base, "bad").unwrap_err().to_string();
