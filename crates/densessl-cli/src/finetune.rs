@@ -27,8 +27,13 @@ Config sections (all optional; defaults in brackets; see configs/finetune/*.toml
   [augment]   crop_size [0 = whole image], scale_range [[1.0, 1.0]], base_size [0 = own size],
               cat_max_ratio [1.0 = off], flip [true], photometric [false]
   [inference] mode [whole | slide], window, stride, flip [false]
-  [train]     steps [300], batch_size [16], log_every [10], checkpoint_every [0],
+  [train]     steps [300], batch_size [16], log_every [10], checkpoint_every [500: model
+              checkpoint + resumable state; 0 = final only], keep_checkpoints [2],
+              skip_nonfinite [0: stop at the first non-finite loss or gradient],
               eval_batch_size [32], aux_weight [0.4], bn [train | frozen], freeze_encoder [false]
+
+Resuming: `densessl finetune --resume RUN_DIR` continues an interrupted fine-tune from its
+newest state with the run's own config.toml (model, optimiser, schedule, data order).
 
 Protocols (--protocol NAME, a layer under the config file and --set):
   moco-fcn-513-30k  R50 OS16, moco-fcn, 513 crops, lr 0.003, step ×0.1 at 21k/27k, 30k × 16
@@ -55,11 +60,19 @@ pub struct FinetuneArgs {
     /// Repeat with seeds seed, seed+1, …: one run per seed under OUT/seed-<s>/, mean ± std in OUT/summary.json.
     #[arg(long, default_value_t = 1)]
     seeds: usize,
+    /// Continue the interrupted run in this directory from its newest saved state.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["protocol", "config", "init", "set", "out", "seeds"])]
+    resume: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
 
 pub fn run(args: FinetuneArgs) -> Result<()> {
+    if let Some(dir) = args.resume {
+        let (_, device) = args.run.resolve("finetune")?;
+        let outcome = finetune::resume(&RunOptions { out: dir, device, argv: crate::argv() })?;
+        return report(&outcome);
+    }
     let preset = match &args.protocol {
         Some(name) => Some((name.as_str(), densessl::seg::protocol::preset(name)?)),
         None => None,
@@ -84,7 +97,10 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let outcome = finetune::run(&config, &options)?;
+    report(&finetune::run(&config, &options)?)
+}
+
+fn report(outcome: &finetune::FinetuneOutcome) -> Result<()> {
     println!(
         "mIoU {:.4}  aAcc {:.4}  ({:.1} s)\nmodel checkpoint: {}",
         outcome.metrics.miou,

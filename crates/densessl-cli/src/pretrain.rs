@@ -37,9 +37,16 @@ Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml
               no_decay_norm_bias [false]
   [schedule]  kind [cosine|step|poly|linear|constant], warmup_steps [0], milestones, gamma, power
   [train]     steps [200] or epochs [0], batch_size [32], view_size [64], log_every [10],
-              checkpoint_every [0]
+              checkpoint_every [500: encoder checkpoint + resumable state; 0 = final only],
+              keep_checkpoints [2], skip_nonfinite [0: stop at the first non-finite loss
+              or gradient, naming the step and the last good checkpoint]
   [monitor]   every [0 = off]: weighted kNN accuracy on the labelled splits of [data], k [20],
-              temperature [0.07], max_images [1000]";
+              temperature [0.07], max_images [1000]
+
+Resuming: `densessl pretrain --resume RUN_DIR` continues an interrupted run from its newest
+state (written every train.checkpoint_every steps) with the run's own config.toml; networks,
+optimiser, queues, LR schedule and data order are restored, so the result equals an
+uninterrupted run's.";
 
 /// `densessl pretrain --config FILE.toml [--init CHECKPOINT] [--set key=value ...]`
 #[derive(Args, Debug)]
@@ -55,18 +62,26 @@ pub struct PretrainArgs {
     /// Override a config key, e.g. --set train.steps=500 --set method.temperature=0.1.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Continue the interrupted run in this directory from its newest saved state.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "init", "set", "out"])]
+    resume: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
-    let mut config: PretrainConfig = densessl::config::load(args.config.as_deref(), &args.set)?;
-    if let Some(init) = &args.init {
-        config.init = Some(init.display().to_string());
-    }
-    let (out, device) = args.run.resolve("pretrain")?;
-    eprintln!("pretrain → {}", out.display());
-    let outcome = pretrain::run(&config, &RunOptions { out, device, argv: crate::argv() })?;
+    let outcome = if let Some(dir) = args.resume {
+        let (_, device) = args.run.resolve("pretrain")?;
+        pretrain::resume(&RunOptions { out: dir, device, argv: crate::argv() })?
+    } else {
+        let mut config: PretrainConfig = densessl::config::load(args.config.as_deref(), &args.set)?;
+        if let Some(init) = &args.init {
+            config.init = Some(init.display().to_string());
+        }
+        let (out, device) = args.run.resolve("pretrain")?;
+        eprintln!("pretrain → {}", out.display());
+        pretrain::run(&config, &RunOptions { out, device, argv: crate::argv() })?
+    };
     println!(
         "encoder checkpoint: {}\nfinal loss: {:.4}\nwall time: {:.1} s",
         outcome.encoder_checkpoint.display(),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::losses::mean_cosine;
 use super::momentum::momentum_update;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings, two_views};
+use crate::train::state::{StateReader, StateWriter};
 use crate::Result;
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
@@ -118,8 +119,8 @@ impl PretextMethod for Byol {
         let (z1, z2) = (self.target.project(x1).detach(), self.target.project(x2).detach());
         let (c12, c21) = (mean_cosine(p1, z2), mean_cosine(p2, z1));
         let loss = (c12 + c21) * -2.0 + 4.0;
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        self.online = self.optim.step(progress.lr, self.online.clone(), loss.backward(), |m: &ByolOnline| &m.net.backbone);
+        let (online, loss_value) = self.optim.minimize(progress.lr, self.online.clone(), loss, |m: &ByolOnline| &m.net.backbone);
+        self.online = online;
         let tau = target_momentum(self.settings.base_momentum, progress.step, progress.total);
         self.target = momentum_update(self.target.clone(), &self.online.net, tau);
         Ok(StepOutput { loss: loss_value, metrics: vec![("target_momentum", tau)] })
@@ -127,6 +128,18 @@ impl PretextMethod for Byol {
 
     fn encoder(&self) -> ResNet {
         self.online.net.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("online", &self.online)?;
+        out.module("target", &self.target)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.online = from.module("online", self.online.clone())?;
+        self.target = from.module("target", self.target.clone())?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

@@ -20,6 +20,7 @@ use super::losses::{info_nce, l2_normalize};
 use super::momentum::{momentum_update, split_batch_forward};
 use super::queue::KeyQueue;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings, two_views};
+use crate::train::state::{StateReader, StateWriter};
 use crate::models::projector::{ConvMlp, ConvMlpConfig, Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
@@ -188,8 +189,9 @@ impl PretextMethod for DenseCl {
 
         let lambda = self.dense_weight(progress.step);
         let loss = global_loss.clone() * (1.0 - lambda) + dense_loss.clone() * lambda;
-        let values = [loss.clone(), global_loss, dense_loss].map(|t| t.into_scalar::<f32>() as f64);
-        self.online = self.optim.step(progress.lr, self.online.clone(), loss.backward(), |m: &DenseClNet| &m.backbone);
+        let parts = [global_loss, dense_loss].map(|t| t.into_scalar::<f32>() as f64);
+        let (online, loss_value) = self.optim.minimize(progress.lr, self.online.clone(), loss, |m: &DenseClNet| &m.backbone);
+        self.online = online;
         self.queue.push(k_global);
         self.dense_queue.push(l2_normalize(k_flat.mean_dim(2).reshape([b, d])));
         let accuracy = |logits: Tensor<2>| {
@@ -197,10 +199,10 @@ impl PretextMethod for DenseCl {
             logits.detach().argmax(1).equal_elem(0).int().sum().into_scalar::<i64>() as f64 / n as f64
         };
         Ok(StepOutput {
-            loss: values[0],
+            loss: loss_value,
             metrics: vec![
-                ("loss_global", values[1]),
-                ("loss_dense", values[2]),
+                ("loss_global", parts[0]),
+                ("loss_dense", parts[1]),
                 ("acc1", accuracy(global_logits)),
                 ("acc1_dense", accuracy(dense_logits)),
             ],
@@ -209,6 +211,22 @@ impl PretextMethod for DenseCl {
 
     fn encoder(&self) -> ResNet {
         self.online.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("online", &self.online)?;
+        out.module("key", &self.key)?;
+        out.queue("queue", &self.queue)?;
+        out.queue("dense_queue", &self.dense_queue)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.online = from.module("online", self.online.clone())?;
+        self.key = from.module("key", self.key.clone())?;
+        from.queue("queue", &mut self.queue, &self.device)?;
+        from.queue("dense_queue", &mut self.dense_queue, &self.device)?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

@@ -18,6 +18,7 @@ use super::losses::{info_nce, l2_normalize};
 use super::momentum::{momentum_update, split_batch_forward};
 use super::queue::KeyQueue;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer};
+use crate::train::state::{StateReader, StateWriter};
 use crate::models::heads::{Head, HeadConfig};
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
@@ -181,8 +182,8 @@ impl PretextMethod for Moco {
         self.key = momentum_update(self.key.clone(), &self.online, self.settings.momentum);
         let keys = self.keys(xk, rng);
         let (loss, logits) = info_nce(queries, keys.clone(), self.queue.rows(), self.settings.temperature);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        self.online = self.optim.step(progress.lr, self.online.clone(), loss.backward(), |m: &MocoNet| &m.backbone);
+        let (online, loss_value) = self.optim.minimize(progress.lr, self.online.clone(), loss, |m: &MocoNet| &m.backbone);
+        self.online = online;
         self.queue.push(keys);
         let hits = logits.detach().argmax(1).equal_elem(0).int().sum().into_scalar::<i64>();
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", hits as f64 / images.len() as f64)] })
@@ -190,6 +191,20 @@ impl PretextMethod for Moco {
 
     fn encoder(&self) -> ResNet {
         self.online.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("online", &self.online)?;
+        out.module("key", &self.key)?;
+        out.queue("queue", &self.queue)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.online = from.module("online", self.online.clone())?;
+        self.key = from.module("key", self.key.clone())?;
+        from.queue("queue", &mut self.queue, &self.device)?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

@@ -18,6 +18,7 @@ use super::byol::target_momentum;
 use super::dense::{normalize_cells, views_with_pairs};
 use super::momentum::momentum_update;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings};
+use crate::train::state::{StateReader, StateWriter};
 use crate::models::projector::{ConvMlp, ConvMlpConfig};
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
@@ -207,13 +208,25 @@ impl PretextMethod for PixPro {
         let mask21 = positive_masks(&swapped, (h2, w2), (h1, w1), self.settings.ratio);
         let positives = mask12.iter().filter(|&&m| m).count() as f64 / images.len() as f64;
         let loss = propagation_loss(y1, t2, &mask12) + propagation_loss(y2, t1, &mask21);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        self.online = self.optim.step(progress.lr, self.online.clone(), loss.backward(), |m: &PixProOnline| &m.net.backbone);
+        let (online, loss_value) = self.optim.minimize(progress.lr, self.online.clone(), loss, |m: &PixProOnline| &m.net.backbone);
+        self.online = online;
         Ok(StepOutput { loss: loss_value, metrics: vec![("positives_per_image", positives), ("momentum", momentum)] })
     }
 
     fn encoder(&self) -> ResNet {
         self.online.net.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("online", &self.online)?;
+        out.module("target", &self.target)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.online = from.module("online", self.online.clone())?;
+        self.target = from.module("target", self.target.clone())?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

@@ -16,6 +16,7 @@ use super::losses::info_nce_among;
 use super::momentum::{momentum_update, split_batch_forward};
 use super::queue::KeyQueue;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings};
+use crate::train::state::{StateReader, StateWriter};
 use crate::models::heads::{Head, HeadConfig};
 use crate::models::projector::{ConvMlp, ConvMlpConfig};
 use crate::models::resnet::ResNet;
@@ -195,14 +196,28 @@ impl PretextMethod for PlMoco {
         let queries = cells_as_rows(queries).select(0, index_tensor(query_rows, &self.device));
         let positive = index_tensor(key_rows, &self.device);
         let (loss, acc) = info_nce_among(queries, key_cells.clone(), positive, self.queue.rows(), self.settings.temperature);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        self.online = self.optim.step(progress.lr, self.online.clone(), loss.backward(), |m: &PlMocoNet| &m.backbone);
+        let (online, loss_value) = self.optim.minimize(progress.lr, self.online.clone(), loss, |m: &PlMocoNet| &m.backbone);
+        self.online = online;
         self.enqueue(key_cells, images.len(), hb * wb, rng);
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", acc), ("matched", matched)] })
     }
 
     fn encoder(&self) -> ResNet {
         self.online.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("online", &self.online)?;
+        out.module("key", &self.key)?;
+        out.queue("queue", &self.queue)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.online = from.module("online", self.online.clone())?;
+        self.key = from.module("key", self.key.clone())?;
+        from.queue("queue", &mut self.queue, &self.device)?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings};
+use crate::train::state::{StateReader, StateWriter};
 use crate::models::heads::{Head, HeadConfig};
 use crate::models::resize::resize_bilinear;
 use crate::models::resnet::ResNet;
@@ -96,14 +97,24 @@ impl PretextMethod for Plr {
         let features = self.net.backbone.forward(batch_tensor(&views, &self.device));
         let logits = resize_bilinear(self.net.decoder.forward(&features), size, size);
         let loss = masked_cross_entropy(logits.clone(), targets.clone(), -1);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
         let hits = logits.detach().argmax(1).reshape([b, size, size]).equal(targets).int().sum().into_scalar::<i64>();
-        self.net = self.optim.step(progress.lr, self.net.clone(), loss.backward(), |m: &PlrNet| &m.backbone);
+        let (net, loss_value) = self.optim.minimize(progress.lr, self.net.clone(), loss, |m: &PlrNet| &m.backbone);
+        self.net = net;
         Ok(StepOutput { loss: loss_value, metrics: vec![("pixel_acc", hits as f64 / (b * size * size) as f64)] })
     }
 
     fn encoder(&self) -> ResNet {
         self.net.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("net", &self.net)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.net = from.module("net", self.net.clone())?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

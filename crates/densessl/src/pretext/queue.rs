@@ -34,6 +34,17 @@ impl KeyQueue {
         self.ptr
     }
 
+    /// Puts back saved rows and write position (a resumed run); the shape must not change.
+    pub fn restore(&mut self, rows: Tensor<2>, position: usize) -> std::result::Result<(), String> {
+        let dims = self.rows.dims();
+        if rows.dims() != dims || position >= dims[0] {
+            return Err(format!("saved queue {:?} at {position} does not fit a queue of {dims:?}", rows.dims()));
+        }
+        self.rows = rows.detach();
+        self.ptr = position;
+        Ok(())
+    }
+
     /// Writes `keys` (`[n, dim]`) at the pointer, wrapping around; the oldest rows go first.
     pub fn push(&mut self, keys: Tensor<2>) {
         let [n, d] = keys.dims();

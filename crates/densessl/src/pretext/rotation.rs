@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings};
+use crate::train::state::{StateReader, StateWriter};
 use crate::Result;
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
@@ -83,15 +84,25 @@ impl PretextMethod for Rotation {
         let one_hot = Tensor::<2>::from_data(TensorData::new(labels, [n, 4]), &self.device);
         let logits = self.net.classifier.forward(self.net.backbone.forward_pooled(batch_tensor(&views, &self.device)));
         let loss = -(log_softmax(logits.clone(), 1) * one_hot).sum_dim(1).mean();
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
         let targets = Tensor::<1, Int>::from_data(TensorData::new((0..n as i64).map(|i| i % 4).collect::<Vec<_>>(), [n]), &self.device);
         let hits = logits.detach().argmax(1).reshape([n]).equal(targets).int().sum().into_scalar::<i64>();
-        self.net = self.optim.step(progress.lr, self.net.clone(), loss.backward(), |m: &RotationNet| &m.backbone);
+        let (net, loss_value) = self.optim.minimize(progress.lr, self.net.clone(), loss, |m: &RotationNet| &m.backbone);
+        self.net = net;
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", hits as f64 / n as f64)] })
     }
 
     fn encoder(&self) -> ResNet {
         self.net.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("net", &self.net)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.net = from.module("net", self.net.clone())?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::nt_xent;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings, two_views};
+use crate::train::state::{StateReader, StateWriter};
 use crate::Result;
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
@@ -81,13 +82,23 @@ impl PretextMethod for Simclr {
         let embed = |x: Tensor<4>| self.net.projector.forward(self.net.backbone.forward_pooled(x));
         let (z1, z2) = (embed(batch_tensor(&v1, &self.device)), embed(batch_tensor(&v2, &self.device)));
         let (loss, acc) = nt_xent(z1, z2, self.settings.temperature);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        self.net = self.optim.step(progress.lr, self.net.clone(), loss.backward(), |m: &SimclrNet| &m.backbone);
+        let (net, loss_value) = self.optim.minimize(progress.lr, self.net.clone(), loss, |m: &SimclrNet| &m.backbone);
+        self.net = net;
         Ok(StepOutput { loss: loss_value, metrics: vec![("acc1", acc)] })
     }
 
     fn encoder(&self) -> ResNet {
         self.net.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("net", &self.net)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.net = from.module("net", self.net.clone())?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

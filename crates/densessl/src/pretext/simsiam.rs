@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::mean_cosine;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings, two_views};
+use crate::train::state::{StateReader, StateWriter};
 use crate::Result;
+use crate::train::optim::gradients_are_finite;
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
@@ -91,7 +93,13 @@ impl PretextMethod for Simsiam {
         let (p1, p2) = (self.net.predictor.forward(z1.clone()), self.net.predictor.forward(z2.clone()));
         let loss = (mean_cosine(p1, z2.detach()) + mean_cosine(p2, z1.detach())) * -0.5;
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        if !loss_value.is_finite() {
+            return Ok(StepOutput { loss: loss_value, metrics: Vec::new() });
+        }
         let mut grads = loss.backward();
+        if !gradients_are_finite(&self.net, &grads) {
+            return Ok(StepOutput { loss: f64::NAN, metrics: Vec::new() });
+        }
         if self.settings.fix_predictor_lr {
             let predictor_grads = GradientsParams::from_module(&mut grads, &self.net.predictor);
             self.net = self.optim.step_params(self.base_lr, self.net.clone(), predictor_grads);
@@ -102,6 +110,16 @@ impl PretextMethod for Simsiam {
 
     fn encoder(&self) -> ResNet {
         self.net.backbone.clone()
+    }
+
+    fn save_state(&self, out: &StateWriter) -> Result<()> {
+        out.module("net", &self.net)?;
+        self.optim.save_state(out)
+    }
+
+    fn load_state(&mut self, from: &StateReader) -> Result<()> {
+        self.net = from.module("net", self.net.clone())?;
+        self.optim.load_state(from)
     }
 
     fn settings(&self) -> toml::Table {

@@ -26,10 +26,11 @@ use crate::models::heads::HeadConfig;
 use crate::models::resnet::ResNet;
 use crate::models::segmenter::{EncoderConfig, Segmenter};
 use crate::train::checkpoint::{self, CheckpointInfo};
-use crate::train::optim::OptimConfig;
-use crate::train::pretrain::RunOptions;
+use crate::train::optim::{OptimConfig, gradients_are_finite};
+use crate::train::pretrain::{RunOptions, step_rng};
 use crate::train::run_dir::{ManifestInfo, RunDir, write_atomic};
 use crate::train::schedule::ScheduleConfig;
+use crate::train::state::{self, StateReader};
 use crate::views::{FloatImage, batch_tensor};
 use crate::{Error, Result};
 
@@ -43,8 +44,14 @@ pub struct FinetuneLoop {
     pub batch_size: usize,
     /// Write a metrics line every this many steps.
     pub log_every: usize,
-    /// Save a checkpoint every this many steps (0 = only the final one).
+    /// Every this many steps, save a model checkpoint and the state `--resume` needs
+    /// (0 = only the final model, no resume).
     pub checkpoint_every: usize,
+    /// How many of those step checkpoints and states to keep (the newest).
+    pub keep_checkpoints: usize,
+    /// Steps whose loss or gradient is not finite are skipped (no update); after more than
+    /// this many, training stops with an error.
+    pub skip_nonfinite: usize,
     /// Images per evaluation batch.
     pub eval_batch_size: usize,
     /// Weight of the auxiliary head's loss (mmseg: 0.4); used when `head.aux_channels > 0`.
@@ -61,7 +68,9 @@ impl Default for FinetuneLoop {
             steps: 300,
             batch_size: 16,
             log_every: 10,
-            checkpoint_every: 0,
+            checkpoint_every: 500,
+            keep_checkpoints: 2,
+            skip_nonfinite: 0,
             eval_batch_size: 32,
             aux_weight: 0.4,
             bn: "train".into(),
@@ -164,6 +173,41 @@ fn freeze_batchnorm(encoder: ResNet) -> ResNet {
 
 /// Runs a fine-tune to completion and evaluates on the val split.
 pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutcome> {
+    train(config, options, None)
+}
+
+/// Resumes the unfinished fine-tune in `options.out` from its newest saved state (its own
+/// `config.toml`; the result equals an uninterrupted run's).
+pub fn resume(options: &RunOptions) -> Result<FinetuneOutcome> {
+    let root = &options.out;
+    let config_path = root.join("config.toml");
+    if !config_path.exists() {
+        return Err(Error::Invalid(format!("{} is not a run directory (no config.toml)", root.display())));
+    }
+    let mut config: FinetuneConfig = crate::config::load(Some(&config_path), &[])?;
+    config.init = None;
+    let checkpoints = root.join("checkpoints");
+    state::remove_partial(&checkpoints)?;
+    let Some((step, dir)) = state::latest(&checkpoints) else {
+        return Err(Error::Invalid(format!(
+            "{} has no saved state to resume from (train.checkpoint_every = {})",
+            root.display(),
+            config.train.checkpoint_every
+        )));
+    };
+    eprintln!("resuming {} at step {step} from {}", root.display(), dir.display());
+    train(&config, options, Some(StateReader::open(&dir)))
+}
+
+/// What the loop itself carries from step to step (saved with each state).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LoopState {
+    step: usize,
+    window: Vec<f64>,
+    skipped: usize,
+}
+
+fn train(config: &FinetuneConfig, options: &RunOptions, resume_from: Option<StateReader>) -> Result<FinetuneOutcome> {
     let start = Instant::now();
     config.check()?;
     let device = options.device.init()?;
@@ -186,26 +230,37 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
         model.encoder = encoder;
         init_note = Some(note);
     }
+    let mut optim = config.optim.sgd();
+    let (mut run, mut state) = match &resume_from {
+        None => {
+            let run = RunDir::create(
+                &options.out,
+                &crate::config::to_toml(config)?,
+                &ManifestInfo {
+                    command: "finetune".into(),
+                    argv: options.argv.clone(),
+                    device: options.device.to_string(),
+                    seed: config.seed,
+                    dataset: train.name.clone(),
+                    dataset_fingerprint: train.fingerprint(),
+                    init: init_note,
+                },
+            )?;
+            (run, LoopState::default())
+        }
+        Some(saved) => {
+            model = saved.module("model", model)?;
+            optim = saved.optimizer("optimizer", optim)?;
+            let state: LoopState = saved.json("loop")?;
+            (RunDir::reopen(&options.out, state.step)?, state)
+        }
+    };
     if config.train.freeze_encoder {
         model.encoder = model.encoder.freeze();
     } else if config.train.bn == "frozen" {
         model.encoder = freeze_batchnorm(model.encoder);
     }
-    let mut run = RunDir::create(
-        &options.out,
-        &crate::config::to_toml(config)?,
-        &ManifestInfo {
-            command: "finetune".into(),
-            argv: options.argv.clone(),
-            device: options.device.to_string(),
-            seed: config.seed,
-            dataset: train.name.clone(),
-            dataset_fingerprint: train.fingerprint(),
-            init: init_note,
-        },
-    )?;
 
-    let mut optim = config.optim.sgd();
     let total = config.train.steps;
     let batch_size = config.train.batch_size.min(train.samples.len());
     let info = CheckpointInfo::Segmenter {
@@ -216,8 +271,11 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
     let loader = {
         let samples: Arc<Vec<SegSample>> = Arc::new(train.samples.clone());
         let augment = config.augment.clone();
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xF17E);
+        let (seed, mut next_step) = (config.seed ^ 0xF17E, state.step);
         Prefetcher::new(2, move || -> Batch {
+            // Each step's batch from its own stream: a resumed run sees the same data order.
+            let mut rng = step_rng(seed, next_step);
+            next_step += 1;
             let picks = sample(&mut rng, samples.len(), batch_size);
             let seeds: Vec<u64> = (0..batch_size).map(|_| rng.random()).collect();
             picks
@@ -230,10 +288,12 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
         })
     };
     let bar = crate::train::progress::bar(total, "finetune");
-    let mut window = Vec::new();
+    bar.inc(state.step as u64);
+    let checkpoints = run.root().join("checkpoints");
     let mut tick = Instant::now();
-    for step in 0..total {
+    for step in state.step..total {
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
+        device.seed(config.seed.wrapping_add(step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let (images, masks) = loader.next();
         let (h, w) = (images[0].height, images[0].width);
         let labels: Vec<i64> = masks.iter().flatten().map(|&l| i64::from(l)).collect();
@@ -243,24 +303,50 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
         if let Some(aux_logits) = aux_logits {
             loss = loss + masked_cross_entropy(aux_logits, labels, i64::from(IGNORE_LABEL)) * config.train.aux_weight;
         }
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if !loss_value.is_finite() {
-            return Err(Error::Training { step, message: format!("loss is {loss_value}") });
-        }
-        model = config.optim.step(&mut optim, lr, model, loss.backward(), |m: &Segmenter| &m.encoder);
-        window.push(loss_value);
-        bar.inc(1);
         let done = step + 1;
-        if done % config.train.log_every.max(1) == 0 || done == total {
-            let mean = window.iter().sum::<f64>() / window.len() as f64;
-            let ips = (window.len() * batch_size) as f64 / tick.elapsed().as_secs_f64();
+        let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
+        if loss_value.is_finite() {
+            let grads = loss.backward();
+            if gradients_are_finite(&model, &grads) {
+                model = config.optim.step(&mut optim, lr, model, grads, |m: &Segmenter| &m.encoder);
+                state.window.push(loss_value);
+            } else {
+                loss_value = f64::NAN;
+            }
+        }
+        if !loss_value.is_finite() {
+            state.skipped += 1;
+            run.log_metrics(&serde_json::json!({"step": done, "event": "skipped_nonfinite", "loss": loss_value.to_string()}))?;
+            if state.skipped > config.train.skip_nonfinite {
+                return Err(Error::Training {
+                    step: done,
+                    message: format!(
+                        "the loss or a gradient is not finite (loss {loss_value}), {} such step(s) in all, more than train.skip_nonfinite = {}; the update was not applied. Last good state: {} (resume with --resume {}, perhaps at a lower optim.lr)",
+                        state.skipped,
+                        config.train.skip_nonfinite,
+                        state::latest(&checkpoints).map(|(_, p)| p.display().to_string()).unwrap_or_else(|| "none".into()),
+                        run.root().display()
+                    ),
+                });
+            }
+        }
+        bar.inc(1);
+        if (done % config.train.log_every.max(1) == 0 || done == total) && !state.window.is_empty() {
+            let mean = state.window.iter().sum::<f64>() / state.window.len() as f64;
+            let ips = (state.window.len() * batch_size) as f64 / tick.elapsed().as_secs_f64();
             run.log_metrics(&serde_json::json!({"step": done, "loss": mean, "lr": lr, "images_per_s": ips}))?;
             bar.set_message(format!("loss {mean:.3}"));
-            window.clear();
+            state.window.clear();
             tick = Instant::now();
         }
         if config.train.checkpoint_every > 0 && done % config.train.checkpoint_every == 0 && done < total {
             checkpoint::save(&model, &info, &run.checkpoint_path(&format!("model-step{done}.safetensors")))?;
+            state.step = done;
+            state::save(&checkpoints, done, config.train.keep_checkpoints, |out| {
+                out.module("model", &model)?;
+                out.optimizer("optimizer", &optim)?;
+                out.json("loop", &state)
+            })?;
         }
     }
     drop(loader);
@@ -273,6 +359,7 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
     run.finish(&serde_json::json!({
         "miou": metrics.miou, "aacc": metrics.aacc, "iou": metrics.iou,
         "steps": total, "wall_s": wall_s, "checkpoint": path, "val": val.name,
+        "skipped_nonfinite": state.skipped,
     }))?;
     Ok(FinetuneOutcome { metrics, checkpoint: path, wall_s })
 }

@@ -45,8 +45,22 @@ fn err(path: &Path, message: impl Into<String>) -> Error {
 /// Saves `module` with `info` in its metadata, atomically replacing `path`.
 pub fn save<M: Module>(module: &M, info: &CheckpointInfo, path: &Path) -> Result<()> {
     let json = serde_json::to_string(info).expect("checkpoint info serializes");
-    let mut store = SafetensorsStore::from_file(path).metadata(METADATA_KEY, json).overwrite(true);
-    module.save_into(&mut store).map_err(|e| err(path, e.to_string()))
+    // Staged beside the target, synced, then renamed: a crash never leaves a cut-off file
+    // under the checkpoint's name, and an older checkpoint there stays until the new one is whole.
+    let tmp = crate::train::run_dir::temp_sibling(path);
+    let mut store = SafetensorsStore::from_file(&tmp).metadata(METADATA_KEY, json).overwrite(true);
+    let written = crate::train::run_dir::simulated_disk_full(path)
+        .map_err(|e| Error::io(path, e))
+        .and_then(|()| module.save_into(&mut store).map_err(|e| err(path, e.to_string())))
+        .and_then(|()| {
+            let file = std::fs::File::open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Reads the [`CheckpointInfo`] from a checkpoint's header without loading tensors.

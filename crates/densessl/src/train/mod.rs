@@ -8,3 +8,4 @@ pub mod pretrain;
 pub mod progress;
 pub mod run_dir;
 pub mod schedule;
+pub mod state;

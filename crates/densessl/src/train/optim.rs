@@ -1,11 +1,11 @@
 //! SGD settings, the burn optimiser they build, and the step that applies an encoder LR
 //! multiplier (parameter groups by sub-module).
 
-use burn::module::{Module, ParamGroup};
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::Gradients;
+use burn::tensor::{Gradients, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// SGD with momentum and weight decay (`[optim]` in a config).
@@ -74,6 +74,29 @@ impl OptimConfig {
     }
 }
 
+/// Whether every gradient `model`'s parameters received is finite: one reduction per
+/// parameter, one read-back in all.
+pub fn gradients_are_finite<M: Module>(model: &M, grads: &Gradients) -> bool {
+    struct SumOfSums<'a> {
+        grads: &'a Gradients,
+        sums: Vec<Tensor<1>>,
+    }
+    impl ModuleVisitor for SumOfSums<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(grad) = param.val().grad(self.grads) {
+                self.sums.push(grad.sum());
+            }
+        }
+    }
+    let mut visitor = SumOfSums { grads, sums: Vec::new() };
+    model.visit(&mut visitor);
+    if visitor.sums.is_empty() {
+        return true;
+    }
+    // NaN and ±inf survive a sum (inf − inf is NaN), so one scalar tells.
+    Tensor::cat(visitor.sums, 0).sum().into_scalar::<f32>().is_finite()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +112,23 @@ mod tests {
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_to_vec().unwrap()
+    }
+
+    #[test]
+    fn non_finite_gradients_are_detected() {
+        let device = Device::flex().autodiff();
+        let toy = Toy {
+            encoder: LinearConfig::new(3, 3).init(&device),
+            norm: BatchNormConfig::new(3).init(&device),
+            head: LinearConfig::new(3, 3).init(&device),
+        };
+        let forward = |x: Tensor<2>| toy.head.forward(toy.encoder.forward(x)).sum();
+        let fine = forward(Tensor::<2>::ones([2, 3], &device)).backward();
+        assert!(gradients_are_finite(&toy, &fine));
+        let x = Tensor::<2>::from_floats([[1.0, f32::NAN, 0.0], [0.0, 1.0, 2.0]], &device);
+        assert!(!gradients_are_finite(&toy, &forward(x).backward()), "a NaN input poisons the head's gradient");
+        let x = Tensor::<2>::from_floats([[1.0, f32::INFINITY, 0.0], [0.0, 1.0, 2.0]], &device);
+        assert!(!gradients_are_finite(&toy, &forward(x).backward()), "so does an infinite one");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::checkpoint::{self, CheckpointInfo};
 use super::knn::{KnnConfig, KnnMonitor};
 use super::run_dir::{ManifestInfo, RunDir};
 use super::schedule::ScheduleConfig;
+use super::state::{self, StateReader};
 use crate::data::DataConfig;
 use crate::device::DeviceSpec;
 use crate::models::segmenter::EncoderConfig;
@@ -36,13 +37,28 @@ pub struct PretrainLoop {
     pub view_size: usize,
     /// Write a metrics line every this many steps.
     pub log_every: usize,
-    /// Save a checkpoint every this many steps (0 = only the final one).
+    /// Every this many steps, save an encoder checkpoint and the state `--resume` needs
+    /// (0 = only the final encoder, no resume).
     pub checkpoint_every: usize,
+    /// How many of those step checkpoints and states to keep (the newest).
+    pub keep_checkpoints: usize,
+    /// Steps whose loss or gradient is not finite are skipped (no update); after more than
+    /// this many, training stops with an error.
+    pub skip_nonfinite: usize,
 }
 
 impl Default for PretrainLoop {
     fn default() -> Self {
-        Self { steps: 200, epochs: 0, batch_size: 32, view_size: 64, log_every: 10, checkpoint_every: 0 }
+        Self {
+            steps: 200,
+            epochs: 0,
+            batch_size: 32,
+            view_size: 64,
+            log_every: 10,
+            checkpoint_every: 500,
+            keep_checkpoints: 2,
+            skip_nonfinite: 0,
+        }
     }
 }
 
@@ -116,6 +132,55 @@ pub struct PretrainOutcome {
 
 /// Runs a pre-training to completion.
 pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutcome> {
+    train(config, options, None)
+}
+
+/// Resumes the unfinished run in `options.out` from its newest saved state (its own
+/// `config.toml`; the result equals an uninterrupted run's).
+pub fn resume(options: &RunOptions) -> Result<PretrainOutcome> {
+    let root = &options.out;
+    let config_path = root.join("config.toml");
+    if !config_path.exists() {
+        return Err(Error::Invalid(format!("{} is not a run directory (no config.toml)", root.display())));
+    }
+    let mut config: PretrainConfig = crate::config::load(Some(&config_path), &[])?;
+    // The saved state holds the encoder; the parent checkpoint is not needed again.
+    config.init = None;
+    let checkpoints = root.join("checkpoints");
+    state::remove_partial(&checkpoints)?;
+    let Some((step, dir)) = state::latest(&checkpoints) else {
+        return Err(Error::Invalid(format!(
+            "{} has no saved state to resume from (train.checkpoint_every = {}; states are written every that many steps)",
+            root.display(),
+            config.train.checkpoint_every
+        )));
+    };
+    eprintln!("resuming {} at step {step} from {}", root.display(), dir.display());
+    train(&config, options, Some(StateReader::open(&dir)))
+}
+
+/// What the loop itself carries from step to step (saved with each state).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LoopState {
+    /// Steps done.
+    step: usize,
+    /// Losses since the last metrics line.
+    window: Vec<f64>,
+    /// Mean of the last full window.
+    last_window_mean: Option<f64>,
+    /// Steps skipped for a non-finite loss or gradient.
+    skipped: usize,
+}
+
+/// The random generator of step `step`: a stream of its own, so a resumed run draws the
+/// same batches and views without saving generator state.
+pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(step as u64);
+    rng
+}
+
+fn train(config: &PretrainConfig, options: &RunOptions, resume_from: Option<StateReader>) -> Result<PretrainOutcome> {
     let start = Instant::now();
     config.schedule.check()?;
     if config.train.batch_size == 0 || (config.train.steps == 0 && config.train.epochs == 0) {
@@ -162,27 +227,37 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
         },
     )?;
 
-    let mut resolved = config.clone();
-    resolved.method = method.settings();
-    resolved.method.insert("name".into(), toml::Value::String(name.clone()));
-    let mut run = RunDir::create(
-        &options.out,
-        &crate::config::to_toml(&resolved)?,
-        &ManifestInfo {
-            command: "pretrain".into(),
-            argv: options.argv.clone(),
-            device: options.device.to_string(),
-            seed: config.seed,
-            dataset: dataset_name.clone(),
-            dataset_fingerprint: crate::train::run_dir::fingerprint(
-                owned_images.iter().flat_map(|im| im.as_raw().iter().copied()),
-            ),
-            init: init_note,
-        },
-    )?;
-    run.log_metrics(&serde_json::json!({"event": "start", "method": name, "notes": method.notes()}))?;
+    let (mut run, mut state) = match &resume_from {
+        None => {
+            let mut resolved = config.clone();
+            resolved.method = method.settings();
+            resolved.method.insert("name".into(), toml::Value::String(name.clone()));
+            let mut run = RunDir::create(
+                &options.out,
+                &crate::config::to_toml(&resolved)?,
+                &ManifestInfo {
+                    command: "pretrain".into(),
+                    argv: options.argv.clone(),
+                    device: options.device.to_string(),
+                    seed: config.seed,
+                    dataset: dataset_name.clone(),
+                    dataset_fingerprint: crate::train::run_dir::fingerprint(
+                        owned_images.iter().flat_map(|im| im.as_raw().iter().copied()),
+                    ),
+                    init: init_note,
+                },
+            )?;
+            run.log_metrics(&serde_json::json!({"event": "start", "method": name, "notes": method.notes()}))?;
+            (run, LoopState::default())
+        }
+        Some(saved) => {
+            method.load_state(saved)?;
+            let state: LoopState = saved.json("loop")?;
+            let run = RunDir::reopen(&options.out, state.step)?;
+            (run, state)
+        }
+    };
 
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xA11CE);
     let total = if config.train.epochs > 0 {
         (config.train.epochs * images.len()).div_ceil(config.train.batch_size)
     } else {
@@ -194,38 +269,53 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
         None
     };
     let bar = super::progress::bar(total, "pretrain");
+    bar.inc(state.step as u64);
     let info = CheckpointInfo::Encoder { encoder: config.encoder.clone() };
-    let mut window = Vec::new();
-    let mut last_window_mean = f64::NAN;
+    let checkpoints = run.root().join("checkpoints");
     let mut tick = Instant::now();
-    for step in 0..total {
+    for step in state.step..total {
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
+        let mut rng = step_rng(config.seed ^ 0xA11CE, step);
+        // Device randomness (dropout) is reseeded per step too, for exact resumes.
+        device.seed(config.seed.wrapping_add(step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let batch: Vec<&image::RgbImage> =
             sample(&mut rng, images.len(), config.train.batch_size).iter().map(|i| images[i]).collect();
         let out = method.step(&batch, &mut rng, crate::pretext::Progress { lr, step, total })?;
-        if !out.loss.is_finite() {
-            return Err(Error::Training {
-                step,
-                message: format!("loss is {}; last good checkpoint: {}", out.loss, latest_checkpoint(&run)),
-            });
-        }
-        window.push(out.loss);
-        bar.inc(1);
         let done = step + 1;
-        if done % config.train.log_every.max(1) == 0 || done == total {
+        if !out.loss.is_finite() {
+            state.skipped += 1;
+            run.log_metrics(&serde_json::json!({"step": done, "event": "skipped_nonfinite", "loss": out.loss.to_string()}))?;
+            if state.skipped > config.train.skip_nonfinite {
+                return Err(Error::Training {
+                    step: done,
+                    message: format!(
+                        "the loss or a gradient is not finite (loss {}), {} such step(s) in all, more than train.skip_nonfinite = {}; the update was not applied. Last good checkpoint: {} (resume with --resume {}, perhaps at a lower optim.lr)",
+                        out.loss,
+                        state.skipped,
+                        config.train.skip_nonfinite,
+                        latest_checkpoint(&run),
+                        run.root().display()
+                    ),
+                });
+            }
+        } else {
+            state.window.push(out.loss);
+        }
+        bar.inc(1);
+        if (done % config.train.log_every.max(1) == 0 || done == total) && !state.window.is_empty() {
             let secs = tick.elapsed().as_secs_f64();
-            let mean = window.iter().sum::<f64>() / window.len() as f64;
+            let mean = state.window.iter().sum::<f64>() / state.window.len() as f64;
             let mut record = serde_json::json!({
                 "step": done, "loss": mean, "lr": lr,
-                "images_per_s": (window.len() * config.train.batch_size) as f64 / secs,
+                "images_per_s": (state.window.len() * config.train.batch_size) as f64 / secs,
             });
             for (k, v) in &out.metrics {
                 record[*k] = serde_json::json!(v);
             }
             run.log_metrics(&record)?;
             bar.set_message(format!("loss {mean:.3}"));
-            last_window_mean = mean;
-            window.clear();
+            state.last_window_mean = Some(mean);
+            state.window.clear();
             tick = Instant::now();
         }
         if let Some((monitor, plain)) = &monitor
@@ -236,17 +326,23 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
         }
         if config.train.checkpoint_every > 0 && done % config.train.checkpoint_every == 0 && done < total {
             checkpoint::save(&method.encoder(), &info, &run.checkpoint_path(&format!("encoder-step{done}.safetensors")))?;
+            state.step = done;
+            state::save(&checkpoints, done, config.train.keep_checkpoints, |out| {
+                method.save_state(out)?;
+                out.json("loop", &state)
+            })?;
         }
     }
     bar.finish();
     let path = run.checkpoint_path("encoder.safetensors");
     checkpoint::save(&method.encoder(), &info, &path)?;
     let wall_s = start.elapsed().as_secs_f64();
+    let final_loss = state.last_window_mean.unwrap_or(f64::NAN);
     run.finish(&serde_json::json!({
-        "method": name, "steps": total, "final_loss": last_window_mean, "wall_s": wall_s,
-        "checkpoint": path,
+        "method": name, "steps": total, "final_loss": final_loss, "wall_s": wall_s,
+        "checkpoint": path, "skipped_nonfinite": state.skipped,
     }))?;
-    Ok(PretrainOutcome { encoder_checkpoint: path, final_loss: last_window_mean, wall_s })
+    Ok(PretrainOutcome { encoder_checkpoint: path, final_loss, wall_s })
 }
 
 fn latest_checkpoint(run: &RunDir) -> String {

@@ -73,6 +73,38 @@ impl RunDir {
         Ok(run)
     }
 
+    /// Reopens an unfinished run to resume it at `step`: keeps its manifest (recording the
+    /// resume), and drops metrics lines logged after `step` (they will be logged again).
+    pub fn reopen(root: &Path, step: usize) -> Result<Self> {
+        if root.join("summary.json").exists() {
+            return Err(Error::Invalid(format!("{} holds a finished run (summary.json exists): nothing to resume", root.display())));
+        }
+        let manifest_path = root.join("manifest.json");
+        let text = fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        let mut manifest: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::data(&manifest_path, format!("not a densessl manifest: {e}")))?;
+        let resumes = manifest.as_object_mut().map(|m| m.entry("resumed").or_insert_with(|| serde_json::json!([])));
+        if let Some(serde_json::Value::Array(list)) = resumes {
+            list.push(serde_json::json!({"step": step, "time": now_rfc3339(), "argv": std::env::args().collect::<Vec<_>>()}));
+        }
+        let metrics_path = root.join("metrics.jsonl");
+        let old = fs::read_to_string(&metrics_path).unwrap_or_default();
+        // Lines without a step (events) stay; a line cut short by the crash is dropped.
+        let kept: String = old
+            .lines()
+            .filter(|line| match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(record) => record["step"].as_u64().is_none_or(|s| s as usize <= step),
+                Err(_) => false,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        write_atomic(&metrics_path, kept.as_bytes())?;
+        let metrics = OpenOptions::new().append(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        let run = Self { root: root.to_path_buf(), metrics, manifest };
+        run.write_manifest()?;
+        Ok(run)
+    }
+
     /// The directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -109,6 +141,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_sibling(path);
     let result = (|| {
         let mut file = File::create(&tmp)?;
+        simulated_disk_full(path)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
@@ -118,6 +151,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Fault injection for the bad-input tests: with `DENSESSL_SIMULATE_DISK_FULL=TEXT` set,
+/// every write of a file whose path contains TEXT fails as a full disk does (ENOSPC).
+pub fn simulated_disk_full(path: &Path) -> std::io::Result<()> {
+    match std::env::var("DENSESSL_SIMULATE_DISK_FULL") {
+        Ok(text) if !text.is_empty() && path.to_string_lossy().contains(&text) => Err(std::io::Error::from_raw_os_error(28)),
+        _ => Ok(()),
+    }
 }
 
 /// `dir/.name.tmp-PID`: where an atomic write stages its bytes.
