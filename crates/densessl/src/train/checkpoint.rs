@@ -42,8 +42,16 @@ fn err(path: &Path, message: impl Into<String>) -> Error {
     Error::Checkpoint { path: path.to_path_buf(), message: message.into() }
 }
 
+/// Installs BatchNorm running statistics that burn keeps pending after a training forward
+/// (they are merged only at the next forward), so a saved module is not one update behind.
+pub fn sync_running_statistics<M: Module>(module: &M) {
+    // `valid` merges every RunningState's pending value in place; the snapshot is dropped.
+    let _ = module.valid();
+}
+
 /// Saves `module` with `info` in its metadata, atomically replacing `path`.
 pub fn save<M: Module>(module: &M, info: &CheckpointInfo, path: &Path) -> Result<()> {
+    sync_running_statistics(module);
     let json = serde_json::to_string(info).expect("checkpoint info serializes");
     // Staged beside the target, synced, then renamed: a crash never leaves a cut-off file
     // under the checkpoint's name, and an older checkpoint there stays until the new one is whole.

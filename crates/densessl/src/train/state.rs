@@ -37,6 +37,7 @@ impl StateWriter {
     /// Saves `module` with its parameter ids as `<name>.bpk`.
     pub fn module<M: Module>(&self, name: &str, module: &M) -> Result<()> {
         let path = self.dir.join(format!("{name}.bpk"));
+        super::checkpoint::sync_running_statistics(module);
         let mut store = BurnpackStore::from_bytes(None);
         module.save_into(&mut store).map_err(|e| err(&path, e.to_string()))?;
         let bytes = store.get_bytes().map_err(|e| err(&path, e.to_string()))?;
@@ -268,6 +269,29 @@ mod tests {
         assert!(e.contains("net.bpk"), "{e}");
         let mut small = KeyQueue::random(3, 4, 2, &device);
         assert!(reader.queue("queue", &mut small, &device).unwrap_err().to_string().contains("queue.safetensors"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn batchnorm_running_statistics_come_back() {
+        use burn::nn::{BatchNorm, BatchNormConfig};
+        let dir = temp_dir("bn");
+        let device = Device::flex().autodiff();
+        let bn: BatchNorm = BatchNormConfig::new(3).init(&device);
+        let x = Tensor::<4>::random([4, 3, 5, 5], burn::tensor::Distribution::Normal(2.0, 3.0), &device);
+        let _ = bn.forward(x);
+        // burn keeps the newest statistics pending until the next forward; the saved state
+        // must hold them anyway.
+        let expected = bn.running_mean.value_sync().into_data();
+        let path = save(&dir, 1, 1, |w| w.module("bn", &bn)).unwrap();
+        let fresh: BatchNorm = BatchNormConfig::new(3).init(&device);
+        let loaded = StateReader::open(&path).module("bn", fresh).unwrap();
+        assert_eq!(loaded.running_mean.value().into_data(), expected);
+        // And they go on from there: one more training forward moves both alike.
+        let x = Tensor::<4>::random([4, 3, 5, 5], burn::tensor::Distribution::Normal(-1.0, 2.0), &device);
+        let _ = (bn.forward(x.clone()), loaded.forward(x));
+        assert_eq!(loaded.running_mean.value_sync().into_data(), bn.running_mean.value_sync().into_data());
+        assert_eq!(loaded.running_var.value_sync().into_data(), bn.running_var.value_sync().into_data());
         fs::remove_dir_all(&dir).unwrap();
     }
 
