@@ -211,3 +211,154 @@ fn a_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint() {
     let skipped = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().matches("skipped_nonfinite").count();
     assert_eq!(skipped, 4);
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() { copy_tree(&path, &target) } else { std::fs::copy(&path, &target).map(|_| ()).unwrap() }
+    }
+}
+
+/// Rewrites a safetensors file without the tensor `drop`.
+fn without_tensor(from: &Path, to: &Path, drop: &str) {
+    let bytes = std::fs::read(from).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut kept = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, info) in header.as_object().unwrap() {
+        if name == drop {
+            continue;
+        }
+        let mut info = info.clone();
+        if name != "__metadata__" {
+            let offsets: Vec<usize> = info["data_offsets"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let start = data.len();
+            data.extend_from_slice(&bytes[8 + n + offsets[0]..8 + n + offsets[1]]);
+            info["data_offsets"] = serde_json::json!([start, data.len()]);
+        }
+        kept.insert(name.clone(), info);
+    }
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(kept)).unwrap();
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.extend(data);
+    std::fs::write(to, out).unwrap();
+}
+
+/// Each bad input gets one clear error naming the culprit, a non-zero exit, and no output
+/// in place of (or on top of) earlier results.
+#[test]
+fn bad_inputs_fail_with_one_clear_error_and_lose_nothing() {
+    let dir = temp_dir("bad");
+    let good = dir.join("good");
+    let o = densessl(&["data", "procedural", "--out", s(&good), "--size", "32", "--train", "6", "--val", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let finetune = |root: &Path, out: &Path, extra: &[&str]| {
+        let source = format!("data.source={}", s(root));
+        let mut args = vec!["finetune", "--set", &source, "--set", "encoder.base_width=4", "--set", "head.channels=8"];
+        args.extend(["--set", "train.steps=2", "--set", "train.batch_size=2", "--out", s(out)]);
+        args.extend(extra);
+        densessl(&args)
+    };
+    // A control: the good tree trains.
+    let o = finetune(&good, &dir.join("control"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    type Spoil = Box<dyn Fn(&Path)>;
+    let grey = |w: u32, h: u32, label: u8| image::GrayImage::from_pixel(w, h, image::Luma([label]));
+    let cases: Vec<(&str, Spoil, &[&str])> = vec![
+        ("corrupt-jpeg", Box::new(|r: &Path| std::fs::write(r.join("JPEGImages/train_000001.jpg"), b"not a jpeg at all").unwrap()), &["train_000001.jpg"]),
+        (
+            "truncated-jpeg",
+            Box::new(|r: &Path| {
+                let path = r.join("JPEGImages/train_000002.jpg");
+                let bytes = std::fs::read(&path).unwrap();
+                std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+            }),
+            &["train_000002.jpg"],
+        ),
+        ("corrupt-png", Box::new(|r: &Path| std::fs::write(r.join("SegmentationClass/train_000003.png"), b"\x89PNG\r\n\x1a\n broken").unwrap()), &["train_000003.png"]),
+        (
+            "mask-of-another-size",
+            Box::new(move |r: &Path| grey(16, 32, 0).save(r.join("SegmentationClass/train_000004.png")).unwrap()),
+            &["train_000004.png", "mask is"],
+        ),
+        (
+            "label-outside-the-classes",
+            Box::new(move |r: &Path| grey(32, 32, 9).save(r.join("SegmentationClass/train_000005.png")).unwrap()),
+            &["train_000005.png", "label 9", "6 classes"],
+        ),
+        (
+            "list-entry-without-file",
+            Box::new(|r: &Path| {
+                let list = r.join("ImageSets/Segmentation/train.txt");
+                let text = std::fs::read_to_string(&list).unwrap() + "train_000099\n";
+                std::fs::write(list, text).unwrap();
+            }),
+            &["train_000099"],
+        ),
+        ("empty-dataset", Box::new(|r: &Path| std::fs::write(r.join("ImageSets/Segmentation/train.txt"), "").unwrap()), &["lists no images"]),
+    ];
+    for (name, spoil, culprits) in cases {
+        let root = dir.join(name);
+        copy_tree(&good, &root);
+        spoil(&root);
+        let out = dir.join(format!("{name}-run"));
+        let o = finetune(&root, &out, &[]);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{name}: accepted");
+        assert!(culprits.iter().all(|c| e.contains(c)), "{name}: {e}");
+        assert!(!e.contains("panicked"), "{name}: {e}");
+        assert!(!out.exists(), "{name}: a run directory was written");
+    }
+
+    // Config: a value of the wrong type names the key.
+    let o = finetune(&good, &dir.join("type-run"), &["--set", "train.steps=\"ten\""]);
+    assert!(!o.status.success() && stderr(&o).contains("train.steps") && stderr(&o).contains("expected usize"), "{}", stderr(&o));
+
+    // Checkpoints: another architecture, and missing keys; both name the file.
+    let pretrained = dir.join("pretrained");
+    let o = densessl(&[&["pretrain"][..], PRETRAIN, &["--set", "train.steps=2", "--out", s(&pretrained)]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let encoder = pretrained.join("checkpoints/encoder.safetensors");
+    let o = finetune(&good, &dir.join("arch-run"), &["--init", s(&encoder), "--set", "encoder.base_width=8"]);
+    assert!(!o.status.success() && stderr(&o).contains("encoder.safetensors"), "{}", stderr(&o));
+    let partial = dir.join("partial.safetensors");
+    without_tensor(&encoder, &partial, "layer2.0.conv1.weight");
+    let o = finetune(&good, &dir.join("partial-run"), &["--init", s(&partial)]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("partial.safetensors") && e.contains("layer2.0.conv1.weight"), "{e}");
+
+    // A run directory that cannot be created (its parent is a file).
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let o = finetune(&good, &blocker.join("run"), &[]);
+    assert!(!o.status.success() && stderr(&o).contains("a-file"), "{}", stderr(&o));
+
+    // A finished run is never overwritten.
+    let control_summary = std::fs::read(dir.join("control/summary.json")).unwrap();
+    let o = finetune(&good, &dir.join("control"), &[]);
+    assert!(!o.status.success() && stderr(&o).contains("finished run"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(dir.join("control/summary.json")).unwrap(), control_summary);
+
+    // A full disk while saving the step-10 state: the error names the file, the step-5 state
+    // and checkpoint stay whole, and the run resumes from them once there is space again.
+    let run = dir.join("disk-full");
+    let o = command(&[&["pretrain"][..], PRETRAIN, &["--set", "train.steps=20", "--set", "train.checkpoint_every=5", "--out", s(&run)]].concat())
+        .env("DENSESSL_SIMULATE_DISK_FULL", "state-step00000010")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("No space left") && e.contains("state-step00000010"), "{e}");
+    assert!(!run.join("summary.json").exists());
+    assert_eq!(newest_state(&run), Some(5));
+    assert_checkpoints_whole(&run);
+    let o = densessl(&["pretrain", "--resume", s(&run)]);
+    assert!(o.status.success() && run.join("summary.json").exists(), "{}", stderr(&o));
+}

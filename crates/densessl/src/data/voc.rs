@@ -132,7 +132,7 @@ pub fn load_split(root: &Path, split: &str, num_classes: Option<usize>) -> Resul
         })
         .collect();
     super::image_folder::collect_all(root, results)
-        .map_err(|e| Error::data(root, format!("split '{split}': {e}")))
+        .map_err(|e| Error::Invalid(format!("split '{split}' of {e}")))
 }
 
 fn image_path(root: &Path, id: &str) -> PathBuf {
