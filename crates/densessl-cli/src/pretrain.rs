@@ -23,7 +23,8 @@ Config sections (all optional; defaults in brackets; see configs/pretrain/*.toml
               byol: dim [256], hidden [4096], base_momentum [0.996], [method.augment_first|second]
               simsiam: dim [2048], pred_hidden [512], fix_predictor_lr [true], [method.augment]
               rotation: [method.augment]
-              plr: grid [4], [method.decoder] (any [head] settings), [method.augment]
+              plr: grid [4], copies [1; 4 = every patch at all four turns per batch],
+                   [method.decoder] (any [head] settings), [method.augment]
               edmoco: moco-v2's settings + [method.decoder] [moco-fcn]
               plmoco: dim [128], hidden [0 = map channels], queue_size [16384],
                       enqueue_per_image [4], temperature [0.2], momentum [0.999],

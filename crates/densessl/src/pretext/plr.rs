@@ -32,11 +32,15 @@ pub struct PlrSettings {
     pub decoder: HeadConfig,
     /// The view augmentation before rotating (geometric, plus MoCo v2's colour steps).
     pub augment: ViewAugment,
+    /// Copies of each view in the batch (1–4); copy j turns every patch j quarter turns
+    /// further, so with 4 each patch appears at all four rotations in one batch (as RotNet
+    /// feeds all four rotations of an image). The batch holds `batch_size × copies` views.
+    pub copies: usize,
 }
 
 impl Default for PlrSettings {
     fn default() -> Self {
-        Self { grid: 4, decoder: HeadConfig::default(), augment: ViewAugment::moco_v2(224) }
+        Self { grid: 4, decoder: HeadConfig::default(), augment: ViewAugment::moco_v2(224), copies: 1 }
     }
 }
 
@@ -67,6 +71,9 @@ pub fn build(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
             settings.grid, context.view_size
         )));
     }
+    if !(1..=4).contains(&settings.copies) {
+        return Err(Error::Invalid(format!("method.copies = {} must be 1, 2, 3 or 4", settings.copies)));
+    }
     let resnet = context.encoder.resnet()?;
     let decoder = settings.decoder.init(resnet.channels(), 4, context.device).map_err(|e| Error::Invalid(format!("method.decoder: {e}")))?;
     let net = PlrNet { backbone: context.backbone(&resnet), decoder };
@@ -80,15 +87,19 @@ impl PretextMethod for Plr {
 
     fn step(&mut self, images: &[&RgbImage], rng: &mut ChaCha8Rng, progress: Progress) -> Result<StepOutput> {
         let seeds: Vec<u64> = images.iter().map(|_| rng.random()).collect();
-        let (augment, grid, size) = (&self.settings.augment, self.settings.grid, self.settings.augment.size);
+        let (augment, grid, size, copies) =
+            (&self.settings.augment, self.settings.grid, self.settings.augment.size, self.settings.copies);
         let (views, labels): (Vec<_>, Vec<Vec<u8>>) = images
             .par_iter()
             .zip(seeds)
-            .map(|(image, seed)| {
+            .flat_map_iter(|(image, seed)| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 let view = augment.view(image, &mut rng).image;
-                let rotation = PatchRotation::random(&mut rng, grid);
-                (rotation.apply(&view), rotation.labels(size))
+                let base = PatchRotation::random(&mut rng, grid);
+                (0..copies as u8).map(move |j| {
+                    let rotation = PatchRotation { grid, turns: base.turns.iter().map(|t| (t + j) % 4).collect() };
+                    (rotation.apply(&view), rotation.labels(size))
+                })
             })
             .unzip();
         let b = views.len();
