@@ -80,6 +80,13 @@ pub fn build(context: BuildContext) -> Result<Box<dyn PretextMethod>> {
     Ok(Box::new(Plr { net, optim: Trainer::new(context.optim), settings, device: context.device.clone() }))
 }
 
+/// `copies` rotations of one view: copy j turns every patch of `base` j quarter turns further.
+fn turned_copies(base: &PatchRotation, copies: usize) -> Vec<PatchRotation> {
+    (0..copies as u8)
+        .map(|j| PatchRotation { grid: base.grid, turns: base.turns.iter().map(|t| (t + j) % 4).collect() })
+        .collect()
+}
+
 impl PretextMethod for Plr {
     fn name(&self) -> &'static str {
         "plr"
@@ -96,10 +103,7 @@ impl PretextMethod for Plr {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 let view = augment.view(image, &mut rng).image;
                 let base = PatchRotation::random(&mut rng, grid);
-                (0..copies as u8).map(move |j| {
-                    let rotation = PatchRotation { grid, turns: base.turns.iter().map(|t| (t + j) % 4).collect() };
-                    (rotation.apply(&view), rotation.labels(size))
-                })
+                turned_copies(&base, copies).into_iter().map(move |rotation| (rotation.apply(&view), rotation.labels(size)))
             })
             .unzip();
         let b = views.len();
@@ -138,6 +142,22 @@ mod tests {
     use super::*;
     use crate::models::segmenter::EncoderConfig;
     use crate::train::optim::OptimConfig;
+
+    #[test]
+    fn four_copies_show_every_patch_at_every_turn() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..20 {
+            let base = PatchRotation::random(&mut rng, 3);
+            let copies = turned_copies(&base, 4);
+            assert_eq!(copies[0], base);
+            for patch in 0..9 {
+                let mut turns: Vec<u8> = copies.iter().map(|c| c.turns[patch]).collect();
+                turns.sort();
+                assert_eq!(turns, vec![0, 1, 2, 3], "patch {patch}");
+            }
+        }
+        assert_eq!(turned_copies(&PatchRotation { grid: 1, turns: vec![3] }, 2)[1].turns, vec![0]);
+    }
 
     #[test]
     fn grid_must_divide_the_view() {
