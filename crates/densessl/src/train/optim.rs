@@ -39,7 +39,8 @@ fn norm_and_bias() -> ParamGroup {
 impl OptimConfig {
     fn sgd_config(&self, weight_decay: f64) -> SgdConfig {
         SgdConfig::new()
-            .with_momentum(Some(MomentumConfig::new().with_momentum(self.momentum)))
+            // PyTorch SGD: no dampening (burn defaults to 0.1, a 10 % smaller steady-state step).
+            .with_momentum(Some(MomentumConfig::new().with_momentum(self.momentum).with_dampening(0.0)))
             .with_weight_decay((weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)))
     }
 
