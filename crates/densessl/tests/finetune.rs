@@ -43,9 +43,9 @@ fn fashion_scenes_finetune_beats_all_background() {
         data,
         encoder: EncoderConfig { base_width: 16, output_stride: 8, ..EncoderConfig::default() },
         head: HeadConfig { channels: Some(64), dilation: Some(1), ..HeadConfig::default() },
-        optim: OptimConfig { lr: 0.1, ..OptimConfig::default() },
+        optim: OptimConfig { lr: 0.09, ..OptimConfig::default() },
         augment: SegAugmentConfig { crop_size: 32, ..SegAugmentConfig::default() },
-        train: FinetuneLoop { steps: 600, batch_size: 16, log_every: 100, ..FinetuneLoop::default() },
+        train: FinetuneLoop { steps: 800, batch_size: 16, log_every: 100, ..FinetuneLoop::default() },
         ..FinetuneConfig::default()
     };
     let out = std::env::temp_dir().join(format!("densessl-ft-fashion-{}", std::process::id()));
@@ -53,7 +53,8 @@ fn fashion_scenes_finetune_beats_all_background() {
     let outcome = run(&config, &RunOptions { out: out.clone(), device: DeviceSpec::parse("cpu").unwrap(), argv: vec![] }).unwrap();
     eprintln!("mIoU {:.4} vs all-background {:.4} ({:.0} s)", outcome.metrics.miou, all_background_miou, outcome.wall_s);
     assert!(
-        // Measured: 0.082 against 0.064 (2 cores, this seed); from-scratch learning at 32 px is slow.
+        // Measured: 0.080 against 0.064 (2 cores, this seed, 800 steps at lr 0.09 since SGD lost
+        // burn's default momentum dampening); from-scratch learning at 32 px is slow.
         outcome.metrics.miou > 1.15 * all_background_miou,
         "mIoU {} does not clearly beat all-background {all_background_miou}",
         outcome.metrics.miou

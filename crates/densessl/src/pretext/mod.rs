@@ -273,8 +273,10 @@ mod tests {
         match name {
             "simclr" | "byol" | "pixpro" => toml::toml! { dim = 16 hidden = 32 },
             "simsiam" => toml::toml! { dim = 32 pred_hidden = 8 },
-            "plr" => toml::toml! { decoder = { channels = 16 } },
-            "edmoco" | "pledmoco" => toml::toml! { queue_size = 64 dim = 16 decoder = { channels = 16, dilation = 1 } },
+            // No dropout: it draws from the device's global generator, which tests running in
+            // parallel threads share (a training process reseeds it every step).
+            "plr" => toml::toml! { decoder = { channels = 16, dropout = 0.0 } },
+            "edmoco" | "pledmoco" => toml::toml! { queue_size = 64 dim = 16 decoder = { channels = 16, dilation = 1, dropout = 0.0 } },
             "moco-v1" | "moco-v2" | "plmoco" | "densecl" => toml::toml! { queue_size = 64 dim = 16 },
             _ => toml::Table::new(),
         }
