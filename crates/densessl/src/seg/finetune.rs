@@ -179,24 +179,9 @@ pub fn run(config: &FinetuneConfig, options: &RunOptions) -> Result<FinetuneOutc
 /// Resumes the unfinished fine-tune in `options.out` from its newest saved state (its own
 /// `config.toml`; the result equals an uninterrupted run's).
 pub fn resume(options: &RunOptions) -> Result<FinetuneOutcome> {
-    let root = &options.out;
-    let config_path = root.join("config.toml");
-    if !config_path.exists() {
-        return Err(Error::Invalid(format!("{} is not a run directory (no config.toml)", root.display())));
-    }
-    let mut config: FinetuneConfig = crate::config::load(Some(&config_path), &[])?;
+    let (mut config, saved): (FinetuneConfig, _) = state::resume_point(&options.out)?;
     config.init = None;
-    let checkpoints = root.join("checkpoints");
-    state::remove_partial(&checkpoints)?;
-    let Some((step, dir)) = state::latest(&checkpoints) else {
-        return Err(Error::Invalid(format!(
-            "{} has no saved state to resume from (train.checkpoint_every = {})",
-            root.display(),
-            config.train.checkpoint_every
-        )));
-    };
-    eprintln!("resuming {} at step {step} from {}", root.display(), dir.display());
-    train(&config, options, Some(StateReader::open(&dir)))
+    train(&config, options, Some(saved))
 }
 
 /// What the loop itself carries from step to step (saved with each state).
@@ -315,20 +300,7 @@ fn train(config: &FinetuneConfig, options: &RunOptions, resume_from: Option<Stat
             }
         }
         if !loss_value.is_finite() {
-            state.skipped += 1;
-            run.log_metrics(&serde_json::json!({"step": done, "event": "skipped_nonfinite", "loss": loss_value.to_string()}))?;
-            if state.skipped > config.train.skip_nonfinite {
-                return Err(Error::Training {
-                    step: done,
-                    message: format!(
-                        "the loss or a gradient is not finite (loss {loss_value}), {} such step(s) in all, more than train.skip_nonfinite = {}; the update was not applied. Last good state: {} (resume with --resume {}, perhaps at a lower optim.lr)",
-                        state.skipped,
-                        config.train.skip_nonfinite,
-                        state::latest(&checkpoints).map(|(_, p)| p.display().to_string()).unwrap_or_else(|| "none".into()),
-                        run.root().display()
-                    ),
-                });
-            }
+            run.skip_nonfinite(done, loss_value, &mut state.skipped, config.train.skip_nonfinite)?;
         }
         bar.inc(1);
         if (done % config.train.log_every.max(1) == 0 || done == total) && !state.window.is_empty() {

@@ -138,25 +138,10 @@ pub fn run(config: &PretrainConfig, options: &RunOptions) -> Result<PretrainOutc
 /// Resumes the unfinished run in `options.out` from its newest saved state (its own
 /// `config.toml`; the result equals an uninterrupted run's).
 pub fn resume(options: &RunOptions) -> Result<PretrainOutcome> {
-    let root = &options.out;
-    let config_path = root.join("config.toml");
-    if !config_path.exists() {
-        return Err(Error::Invalid(format!("{} is not a run directory (no config.toml)", root.display())));
-    }
-    let mut config: PretrainConfig = crate::config::load(Some(&config_path), &[])?;
+    let (mut config, saved): (PretrainConfig, _) = state::resume_point(&options.out)?;
     // The saved state holds the encoder; the parent checkpoint is not needed again.
     config.init = None;
-    let checkpoints = root.join("checkpoints");
-    state::remove_partial(&checkpoints)?;
-    let Some((step, dir)) = state::latest(&checkpoints) else {
-        return Err(Error::Invalid(format!(
-            "{} has no saved state to resume from (train.checkpoint_every = {}; states are written every that many steps)",
-            root.display(),
-            config.train.checkpoint_every
-        )));
-    };
-    eprintln!("resuming {} at step {step} from {}", root.display(), dir.display());
-    train(&config, options, Some(StateReader::open(&dir)))
+    train(&config, options, Some(saved))
 }
 
 /// What the loop itself carries from step to step (saved with each state).
@@ -283,21 +268,7 @@ fn train(config: &PretrainConfig, options: &RunOptions, resume_from: Option<Stat
         let out = method.step(&batch, &mut rng, crate::pretext::Progress { lr, step, total })?;
         let done = step + 1;
         if !out.loss.is_finite() {
-            state.skipped += 1;
-            run.log_metrics(&serde_json::json!({"step": done, "event": "skipped_nonfinite", "loss": out.loss.to_string()}))?;
-            if state.skipped > config.train.skip_nonfinite {
-                return Err(Error::Training {
-                    step: done,
-                    message: format!(
-                        "the loss or a gradient is not finite (loss {}), {} such step(s) in all, more than train.skip_nonfinite = {}; the update was not applied. Last good checkpoint: {} (resume with --resume {}, perhaps at a lower optim.lr)",
-                        out.loss,
-                        state.skipped,
-                        config.train.skip_nonfinite,
-                        latest_checkpoint(&run),
-                        run.root().display()
-                    ),
-                });
-            }
+            run.skip_nonfinite(done, out.loss, &mut state.skipped, config.train.skip_nonfinite)?;
         } else {
             state.window.push(out.loss);
         }
@@ -343,16 +314,4 @@ fn train(config: &PretrainConfig, options: &RunOptions, resume_from: Option<Stat
         "checkpoint": path, "skipped_nonfinite": state.skipped,
     }))?;
     Ok(PretrainOutcome { encoder_checkpoint: path, final_loss, wall_s })
-}
-
-fn latest_checkpoint(run: &RunDir) -> String {
-    std::fs::read_dir(run.root().join("checkpoints"))
-        .ok()
-        .and_then(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-                .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-                .map(|e| e.path().display().to_string())
-        })
-        .unwrap_or_else(|| "none".into())
 }

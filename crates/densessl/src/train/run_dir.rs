@@ -121,6 +121,34 @@ impl RunDir {
         writeln!(self.metrics, "{record}").map_err(|e| Error::io(&path, e))
     }
 
+    /// Records a step whose loss or gradient was not finite (its update was not applied);
+    /// an error naming the step and the newest checkpoint once more than `limit` were.
+    pub fn skip_nonfinite(&mut self, step: usize, loss: f64, skipped: &mut usize, limit: usize) -> Result<()> {
+        *skipped += 1;
+        self.log_metrics(&serde_json::json!({"step": step, "event": "skipped_nonfinite", "loss": loss.to_string()}))?;
+        if *skipped <= limit {
+            return Ok(());
+        }
+        Err(Error::Training {
+            step,
+            message: format!(
+                "the loss or a gradient is not finite (loss {loss}), {skipped} such step(s) in all, more than train.skip_nonfinite = {limit}; the update was not applied. Last good checkpoint: {} (resume with --resume {}, perhaps at a lower optim.lr)",
+                self.latest_checkpoint().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
+                self.root.display()
+            ),
+        })
+    }
+
+    /// The newest `.safetensors` file under `checkpoints/`, if any.
+    pub fn latest_checkpoint(&self) -> Option<PathBuf> {
+        fs::read_dir(self.root.join("checkpoints"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .map(|e| e.path())
+    }
+
     /// Writes `summary.json` atomically and stamps the manifest's end time.
     pub fn finish(&mut self, summary: &serde_json::Value) -> Result<()> {
         let text = serde_json::to_string_pretty(summary).expect("JSON value serializes");

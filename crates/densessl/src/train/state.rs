@@ -145,6 +145,26 @@ impl StateReader {
     }
 }
 
+/// What `--resume RUN_DIR` starts from: the run's own `config.toml` and its newest complete
+/// state (leftovers of an interrupted save are removed first).
+pub fn resume_point<T: DeserializeOwned>(root: &Path) -> Result<(T, StateReader)> {
+    let config_path = root.join("config.toml");
+    if !config_path.exists() {
+        return Err(Error::Invalid(format!("{} is not a run directory (no config.toml)", root.display())));
+    }
+    let config = crate::config::load(Some(&config_path), &[])?;
+    let checkpoints = root.join("checkpoints");
+    remove_partial(&checkpoints)?;
+    let (step, dir) = latest(&checkpoints).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{} has no saved state to resume from (states are written every train.checkpoint_every steps)",
+            root.display()
+        ))
+    })?;
+    eprintln!("resuming {} at step {step} from {}", root.display(), dir.display());
+    Ok((config, StateReader::open(&dir)))
+}
+
 fn state_step(name: &str) -> Option<usize> {
     name.strip_prefix(PREFIX)?.parse().ok()
 }
