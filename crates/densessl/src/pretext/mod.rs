@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use crate::models::heads::{Head, HeadConfig};
 use crate::models::resnet::{ResNet, ResNetConfig};
 use crate::models::segmenter::EncoderConfig;
-use crate::train::optim::{OptimConfig, gradients_are_finite};
+use crate::train::optim::{OptimConfig, finite_backward};
 use crate::train::state::{StateReader, StateWriter};
 use crate::views::FloatImage;
 use crate::views::augment::ViewAugment;
@@ -124,15 +124,10 @@ impl Trainer {
     /// decides whether to go on). Returns the model and the loss, NaN if a gradient was not
     /// finite.
     pub fn minimize<M: Module, E: Module>(&mut self, lr: f64, model: M, loss: Tensor<1>, encoder: impl Fn(&M) -> &E) -> (M, f64) {
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        if !value.is_finite() {
-            return (model, value);
+        match finite_backward(&model, loss) {
+            (value, Some(grads)) => (self.step(lr, model, grads, encoder), value),
+            (value, None) => (model, value),
         }
-        let grads = loss.backward();
-        if !gradients_are_finite(&model, &grads) {
-            return (model, f64::NAN);
-        }
-        (self.step(lr, model, grads, encoder), value)
     }
 
     /// Saves the optimiser's state (momentum buffers).

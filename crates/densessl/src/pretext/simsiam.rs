@@ -17,7 +17,7 @@ use super::losses::mean_cosine;
 use super::{BuildContext, PretextMethod, Progress, StepOutput, Trainer, parse_settings, two_views};
 use crate::train::state::{StateReader, StateWriter};
 use crate::Result;
-use crate::train::optim::gradients_are_finite;
+use crate::train::optim::finite_backward;
 use crate::models::projector::{Mlp, MlpConfig};
 use crate::models::resnet::ResNet;
 use crate::views::augment::ViewAugment;
@@ -92,14 +92,10 @@ impl PretextMethod for Simsiam {
         let (z1, z2) = (project(batch_tensor(&v1, &self.device)), project(batch_tensor(&v2, &self.device)));
         let (p1, p2) = (self.net.predictor.forward(z1.clone()), self.net.predictor.forward(z2.clone()));
         let loss = (mean_cosine(p1, z2.detach()) + mean_cosine(p2, z1.detach())) * -0.5;
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if !loss_value.is_finite() {
+        let (loss_value, grads) = finite_backward(&self.net, loss);
+        let Some(mut grads) = grads else {
             return Ok(StepOutput { loss: loss_value, metrics: Vec::new() });
-        }
-        let mut grads = loss.backward();
-        if !gradients_are_finite(&self.net, &grads) {
-            return Ok(StepOutput { loss: f64::NAN, metrics: Vec::new() });
-        }
+        };
         if self.settings.fix_predictor_lr {
             let predictor_grads = GradientsParams::from_module(&mut grads, &self.net.predictor);
             self.net = self.optim.step_params(self.base_lr, self.net.clone(), predictor_grads);

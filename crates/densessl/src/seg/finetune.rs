@@ -26,7 +26,7 @@ use crate::models::heads::HeadConfig;
 use crate::models::resnet::ResNet;
 use crate::models::segmenter::{EncoderConfig, Segmenter};
 use crate::train::checkpoint::{self, CheckpointInfo};
-use crate::train::optim::{OptimConfig, gradients_are_finite};
+use crate::train::optim::{OptimConfig, finite_backward};
 use crate::train::pretrain::{RunOptions, step_rng};
 use crate::train::run_dir::{ManifestInfo, RunDir, write_atomic};
 use crate::train::schedule::ScheduleConfig;
@@ -289,18 +289,12 @@ fn train(config: &FinetuneConfig, options: &RunOptions, resume_from: Option<Stat
             loss = loss + masked_cross_entropy(aux_logits, labels, i64::from(IGNORE_LABEL)) * config.train.aux_weight;
         }
         let done = step + 1;
-        let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if loss_value.is_finite() {
-            let grads = loss.backward();
-            if gradients_are_finite(&model, &grads) {
+        match finite_backward(&model, loss) {
+            (loss_value, Some(grads)) => {
                 model = config.optim.step(&mut optim, lr, model, grads, |m: &Segmenter| &m.encoder);
                 state.window.push(loss_value);
-            } else {
-                loss_value = f64::NAN;
             }
-        }
-        if !loss_value.is_finite() {
-            run.skip_nonfinite(done, loss_value, &mut state.skipped, config.train.skip_nonfinite)?;
+            (loss_value, None) => run.skip_nonfinite(done, loss_value, &mut state.skipped, config.train.skip_nonfinite)?,
         }
         bar.inc(1);
         if (done % config.train.log_every.max(1) == 0 || done == total) && !state.window.is_empty() {

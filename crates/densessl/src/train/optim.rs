@@ -98,6 +98,18 @@ pub fn gradients_are_finite<M: Module>(model: &M, grads: &Gradients) -> bool {
     Tensor::cat(visitor.sums, 0).sum().into_scalar::<f32>().is_finite()
 }
 
+/// The loss's value and, when it and every gradient of `model` are finite, the gradients.
+/// `(NaN, None)` when a gradient is not finite, `(value, None)` when the loss itself is not:
+/// the caller skips the update either way.
+pub fn finite_backward<M: Module>(model: &M, loss: Tensor<1>) -> (f64, Option<Gradients>) {
+    let value = loss.clone().into_scalar::<f32>() as f64;
+    if !value.is_finite() {
+        return (value, None);
+    }
+    let grads = loss.backward();
+    if gradients_are_finite(model, &grads) { (value, Some(grads)) } else { (f64::NAN, None) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
