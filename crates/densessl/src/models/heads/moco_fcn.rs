@@ -13,10 +13,14 @@ use crate::models::resnet::Features;
 /// The MoCo-FCN head.
 #[derive(Module, Debug)]
 pub struct MocoFcnHead {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
+    /// First 3×3 conv (C5 → channels).
+    pub conv1: Conv2d,
+    /// BN after `conv1`.
+    pub bn1: BatchNorm,
+    /// Second 3×3 conv.
+    pub conv2: Conv2d,
+    /// BN after `conv2`.
+    pub bn2: BatchNorm,
     dropout: Dropout,
     /// The 1×1 classifier (`conv_seg` in mmsegmentation).
     pub classifier: Conv2d,
