@@ -6,7 +6,7 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{Dropout, DropoutConfig};
+use super::channel_dropout::ChannelDropout;
 use burn::tensor::{Device, Tensor};
 
 use super::conv_module::{ConvModule, SeparableConvModule, classifier};
@@ -36,7 +36,7 @@ pub struct DeepLabV3PlusHead {
     pub c1_bottleneck: ConvModule,
     /// Two separable 3×3 refinements.
     pub sep_bottleneck: Vec<SeparableConvModule>,
-    dropout: Dropout,
+    dropout: ChannelDropout,
     /// The classifier.
     pub conv_seg: Conv2d,
 }
@@ -74,7 +74,7 @@ impl DeepLabV3PlusHead {
                 SeparableConvModule::new(channels + c1_channels, channels, 1, device),
                 SeparableConvModule::new(channels, channels, 1, device),
             ],
-            dropout: DropoutConfig::new(dropout).init(),
+            dropout: ChannelDropout::new(dropout),
             conv_seg: classifier(channels, num_classes, device),
         }
     }

@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{Dropout, DropoutConfig};
+use super::channel_dropout::ChannelDropout;
 use burn::tensor::{Device, Tensor};
 
 use super::conv_module::{ConvModule, classifier};
@@ -16,7 +16,7 @@ pub struct FcnHead {
     pub convs: Vec<ConvModule>,
     /// Fuses input and conv output when `concat_input`.
     pub conv_cat: Option<ConvModule>,
-    dropout: Dropout,
+    dropout: ChannelDropout,
     /// The classifier.
     pub conv_seg: Conv2d,
 }
@@ -40,7 +40,7 @@ impl FcnHead {
         Self {
             convs,
             conv_cat: concat_input.then(|| ConvModule::new(in_channels + channels, channels, 3, 1, 1, true, device)),
-            dropout: DropoutConfig::new(dropout).init(),
+            dropout: ChannelDropout::new(dropout),
             conv_seg: classifier(channels, num_classes, device),
         }
     }

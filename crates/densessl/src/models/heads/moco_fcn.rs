@@ -3,7 +3,8 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
+use super::channel_dropout::ChannelDropout;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
@@ -21,7 +22,7 @@ pub struct MocoFcnHead {
     pub conv2: Conv2d,
     /// BN after `conv2`.
     pub bn2: BatchNorm,
-    dropout: Dropout,
+    dropout: ChannelDropout,
     /// The 1×1 classifier (`conv_seg` in mmsegmentation).
     pub classifier: Conv2d,
 }
@@ -44,7 +45,7 @@ impl MocoFcnHead {
             bn1: BatchNormConfig::new(ch).init(device),
             conv2: conv3x3(ch, ch, dilation, device),
             bn2: BatchNormConfig::new(ch).init(device),
-            dropout: DropoutConfig::new(config.dropout).init(),
+            dropout: ChannelDropout::new(config.dropout),
             // mmsegmentation: normal_init(conv_seg, std=0.01).
             classifier: Conv2dConfig::new([ch, num_classes], [1, 1])
                 .with_initializer(Initializer::Normal { mean: 0.0, std: 0.01 })

@@ -6,6 +6,7 @@
 //! Adding a head: one file with its `Module`, a variant in [`Head`], a match arm in
 //! [`HeadConfig::init`] and in [`Head::decode`]/[`Head::forward`].
 
+pub mod channel_dropout;
 pub mod conv_module;
 pub mod deeplabv3plus;
 pub mod fcn;
@@ -35,7 +36,7 @@ pub struct HeadConfig {
     /// Dilation of the 3×3 convs of moco-fcn (6) and fcn (1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dilation: Option<usize>,
-    /// Dropout before the classifier (0.1 in mmsegmentation).
+    /// Channel dropout before the classifier (`nn.Dropout2d`, 0.1 in mmsegmentation).
     pub dropout: f64,
     /// fcn: number of 3×3 convs (2).
     pub num_convs: usize,

@@ -4,7 +4,8 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{Dropout, DropoutConfig, Initializer};
+use burn::nn::Initializer;
+use super::channel_dropout::ChannelDropout;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
@@ -77,7 +78,7 @@ pub struct NonLocalHead {
     pub nl_block: NonLocal2d,
     /// Fuses input and output.
     pub conv_cat: ConvModule,
-    dropout: Dropout,
+    dropout: ChannelDropout,
     /// The classifier.
     pub conv_seg: Conv2d,
 }
@@ -92,7 +93,7 @@ impl NonLocalHead {
             ],
             nl_block: NonLocal2d::new(channels, reduction, true, device),
             conv_cat: ConvModule::new(in_channels + channels, channels, 3, 1, 1, true, device),
-            dropout: DropoutConfig::new(dropout).init(),
+            dropout: ChannelDropout::new(dropout),
             conv_seg: classifier(channels, num_classes, device),
         }
     }

@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{Dropout, DropoutConfig};
+use super::channel_dropout::ChannelDropout;
 use burn::tensor::{Device, Tensor};
 
 use super::conv_module::{ConvModule, classifier};
@@ -26,7 +26,7 @@ pub struct PspHead {
     pub psp_modules: Vec<PoolBranch>,
     /// 3×3 fusion of input and branches.
     pub bottleneck: ConvModule,
-    dropout: Dropout,
+    dropout: ChannelDropout,
     /// The classifier.
     pub conv_seg: Conv2d,
 }
@@ -44,7 +44,7 @@ impl PspHead {
         Self {
             psp_modules,
             bottleneck: ConvModule::new(in_channels + pool_scales.len() * channels, channels, 3, 1, 1, true, device),
-            dropout: DropoutConfig::new(dropout).init(),
+            dropout: ChannelDropout::new(dropout),
             conv_seg: classifier(channels, num_classes, device),
         }
     }
