@@ -7,7 +7,7 @@ weight decay 1e-4, random scale 0.75-1.5 + crop + flip; whole-image mIoU on the 
     densessl data fashion-scenes --out /tmp/fs48 --size 48 --train 1000 --val 200
     python tools/reference/finetune_fashion_scenes.py --root /tmp/fs48 --steps 1000 --seed 0
 
-Prints the loss every 100 steps with the elapsed seconds, then mIoU and per-class IoU.
+Prints the mean loss of every 100 steps with the elapsed seconds, then mIoU and per-class IoU.
 """
 import argparse
 import os
@@ -94,7 +94,7 @@ def main():
     size = xt.shape[2]
     net = Segmenter(classes)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    generator, start = torch.Generator().manual_seed(args.seed + 1), time.time()
+    generator, start, window = torch.Generator().manual_seed(args.seed + 1), time.time(), []
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * (1 - step / args.steps) ** 0.9
@@ -103,8 +103,11 @@ def main():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step + 1} loss {loss.item():.4f} elapsed {time.time() - start:.1f} s", flush=True)
+        window.append(loss.item())
+        if (step + 1) % 100 == 0 or step == args.steps - 1:
+            mean = sum(window) / len(window)
+            print(f"step {step + 1} mean loss of the last {len(window)} steps {mean:.4f} elapsed {time.time() - start:.1f} s", flush=True)
+            window = []
     net.eval()
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     with torch.no_grad():
