@@ -1,12 +1,16 @@
-//! Probe for issue 9: how much faster could a convolution's weight gradient be as one
-//! im2col + matmul than burn-flex's default (a convolution of the batch-swapped input with
-//! the batch-swapped output gradient as the kernel, which leaves gemm an N of k² = 9)?
-//! Times both on the 3×3 convolutions of a ResNet-18 step (batch 32, 96 px), checks they
-//! agree, and prints the ratio per layer (above 1 = the alternative is faster). The im2col here is plain Rust and the matmul is
-//! burn's, so this predicts a kernel's gain rather than being one.
+//! Probes for issue 9, on the 3×3 convolutions of a ResNet-18 step (batch 32, 96 px):
+//! 1. attempt 1: burn-flex's weight gradient (a convolution of the batch-swapped input with
+//!    the batch-swapped output gradient as the kernel, leaving gemm an N of k² = 9) against
+//!    im2col + burn matmul formulations;
+//! 2. burn-flex's gemm on the shapes convolutions produce;
+//! 3. forward, weight and data gradient of each convolution, to compare with PyTorch;
+//! 4. attempt 2: a tiled weight gradient (im2col tiles across the batch, one accumulating
+//!    `gemm` call per tile) against burn-flex's.
+//! Every alternative is checked against burn's result; ratios above 1 mean the alternative
+//! is faster. A prototype to predict a kernel's gain, not wired into training.
 //!
 //!     cargo run --release --example conv_weight_grad_probe
-//!     python bench/matmul.py     # PyTorch's gemm on the same shapes
+//!     python bench/matmul.py     # PyTorch's gemm and convolutions on the same shapes
 
 use std::time::Instant;
 
@@ -43,6 +47,83 @@ fn im2col(x: &[f32], [b, c, h, w]: [usize; 4], k: usize, stride: usize, pad: usi
         }
     });
     (col, ho, wo)
+}
+
+/// Attempt 2: the weight gradient of a k×k convolution (padding `pad`, stride `stride`) in
+/// tiles of `TILE` output positions taken across the whole batch: each tile is im2col'd as
+/// `[positions, C·k·k]`, its output-gradient columns gathered as `[Cout, positions]`, and one
+/// gemm accumulates their product into a per-thread `[Cout, C·k·k]`. Nothing of batch size
+/// is materialised, and small feature maps still give gemm a full tile.
+fn weight_grad_tiled(x: &[f32], [b, c, h, w]: [usize; 4], grad: &[f32], cout: usize, k: usize, stride: usize, pad: usize) -> Vec<f32> {
+    const TILE: usize = 256;
+    let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    let (l, kk) = (ho * wo, c * k * k);
+    let tiles = (b * l).div_ceil(TILE);
+    let per_thread = tiles.div_ceil(rayon::current_num_threads());
+    (0..tiles)
+        .into_par_iter()
+        .with_min_len(per_thread)
+        .fold(
+            || (vec![0.0f32; cout * kk], vec![0.0f32; TILE * kk], vec![0.0f32; cout * TILE]),
+            |(mut acc, mut col, mut g), tile| {
+                let q0 = tile * TILE;
+                let t = TILE.min(b * l - q0);
+                for j in 0..t {
+                    let (n, p) = ((q0 + j) / l, (q0 + j) % l);
+                    let (oy, ox) = (p / wo, p % wo);
+                    let image = &x[n * c * h * w..][..c * h * w];
+                    let row = &mut col[j * kk..][..kk];
+                    for ch in 0..c {
+                        for ky in 0..k {
+                            let iy = (oy * stride + ky) as isize - pad as isize;
+                            for kx in 0..k {
+                                let ix = (ox * stride + kx) as isize - pad as isize;
+                                let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
+                                row[(ch * k + ky) * k + kx] =
+                                    if inside { image[(ch * h + iy as usize) * w + ix as usize] } else { 0.0 };
+                            }
+                        }
+                    }
+                }
+                // Gradient columns, channel by channel so reads run along positions.
+                for co in 0..cout {
+                    for j in 0..t {
+                        let (n, p) = ((q0 + j) / l, (q0 + j) % l);
+                        g[co * TILE + j] = grad[(n * cout + co) * l + p];
+                    }
+                }
+                // acc[Cout, kk] += g[Cout, t] · col[t, kk]
+                unsafe {
+                    gemm::gemm(
+                        cout,
+                        kk,
+                        t,
+                        acc.as_mut_ptr(),
+                        1,
+                        kk as isize,
+                        true,
+                        g.as_ptr(),
+                        1,
+                        TILE as isize,
+                        col.as_ptr(),
+                        1,
+                        kk as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                (acc, col, g)
+            },
+        )
+        .map(|(acc, _, _)| acc)
+        .reduce(|| vec![0.0f32; cout * kk], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -168,5 +249,33 @@ fn main() {
             let _ = dx.into_data();
         });
         println!("| {name}: {cin}→{cout}, {side}² | {forward:.1} ms | {weight_grad:.1} ms | {data_grad:.1} ms |");
+    }
+
+    // Attempt 2: the tiled weight gradient against burn-flex's.
+    println!("\n| 3×3 conv, batch {batch} | burn-flex weight gradient | tiled im2col + accumulating gemm | ratio | max rel. diff |\n|---|---:|---:|---:|---:|");
+    for (name, cin, cout, side, stride) in layers {
+        let x = Tensor::<4>::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), &device);
+        let weight = Tensor::<4>::random([cout, cin, 3, 3], Distribution::Normal(0.0, 0.1), &device);
+        let options = ConvOptions::new([stride, stride], [1, 1], [1, 1], 1);
+        let out_side = (side + 2 - 3) / stride + 1;
+        let grad = Tensor::<4>::random([batch, cout, out_side, out_side], Distribution::Normal(0.0, 1.0), &device);
+        let (x_values, grad_values): (Vec<f32>, Vec<f32>) =
+            (x.clone().into_data().try_to_vec().unwrap(), grad.clone().into_data().try_to_vec().unwrap());
+        let (mut default_ms, mut tiled_ms, mut expected, mut got) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..7 {
+            let start = Instant::now();
+            expected = conv2d_weight_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            default_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            let start = Instant::now();
+            got = weight_grad_tiled(&x_values, [batch, cin, side, side], &grad_values, cout, 3, stride, 1);
+            tiled_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+        let (d, t) = (median(default_ms), median(tiled_ms));
+        println!("| {name}: {cin}→{cout}, {side}² | {d:.1} ms | {t:.1} ms | {:.2}× | {diff:.1e} |", d / t);
     }
 }
