@@ -126,6 +126,17 @@ fn weight_grad_tiled(x: &[f32], [b, c, h, w]: [usize; 4], grad: &[f32], cout: us
         })
 }
 
+/// Random operands of one 3×3 convolution (padding 1): input, weight, output gradient.
+fn operands(batch: usize, cin: usize, cout: usize, side: usize, stride: usize, device: &Device) -> (Tensor<4>, Tensor<4>, Tensor<4>, ConvOptions<2>) {
+    let out_side = (side + 2 - 3) / stride + 1;
+    (
+        Tensor::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), device),
+        Tensor::random([cout, cin, 3, 3], Distribution::Normal(0.0, 0.1), device),
+        Tensor::random([batch, cout, out_side, out_side], Distribution::Normal(0.0, 1.0), device),
+        ConvOptions::new([stride, stride], [1, 1], [1, 1], 1),
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -146,11 +157,7 @@ fn main() {
     println!("| 3×3 conv, batch {batch} | burn-flex weight gradient | per-image im2col + batched matmul, summed | ratio | one im2col + one matmul (K = B·Ho·Wo) | ratio | max rel. diff |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, cin, cout, side, stride) in layers {
-        let x = Tensor::<4>::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), &device);
-        let weight = Tensor::<4>::random([cout, cin, 3, 3], Distribution::Normal(0.0, 0.1), &device);
-        let out_side = (side + 2 - 3) / stride + 1;
-        let grad = Tensor::<4>::random([batch, cout, out_side, out_side], Distribution::Normal(0.0, 1.0), &device);
-        let options = ConvOptions::new([stride, stride], [1, 1], [1, 1], 1);
+        let (x, weight, grad, options) = operands(batch, cin, cout, side, stride, &device);
         let x_values: Vec<f32> = x.clone().into_data().try_to_vec().unwrap();
         let (mut default_s, mut probe_s, mut single_s) = (Vec::new(), Vec::new(), Vec::new());
         let (mut expected, mut got, mut single) = (Vec::new(), Vec::new(), Vec::new());
@@ -220,11 +227,7 @@ fn main() {
     // Forward and both gradients of the same convolutions (compare `bench/matmul.py`).
     println!("\n| 3×3 conv, batch {batch} | forward | weight gradient | data gradient (conv_transpose2d) |\n|---|---:|---:|---:|");
     for (name, cin, cout, side, stride) in layers {
-        let x = Tensor::<4>::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), &device);
-        let weight = Tensor::<4>::random([cout, cin, 3, 3], Distribution::Normal(0.0, 0.1), &device);
-        let options = ConvOptions::new([stride, stride], [1, 1], [1, 1], 1);
-        let out_side = (side + 2 - 3) / stride + 1;
-        let grad = Tensor::<4>::random([batch, cout, out_side, out_side], Distribution::Normal(0.0, 1.0), &device);
+        let (x, weight, grad, options) = operands(batch, cin, cout, side, stride, &device);
         let time = |f: &dyn Fn()| {
             median(
                 (0..7)
@@ -254,11 +257,7 @@ fn main() {
     // Attempt 2: the tiled weight gradient against burn-flex's.
     println!("\n| 3×3 conv, batch {batch} | burn-flex weight gradient | tiled im2col + accumulating gemm | ratio | max rel. diff |\n|---|---:|---:|---:|---:|");
     for (name, cin, cout, side, stride) in layers {
-        let x = Tensor::<4>::random([batch, cin, side, side], Distribution::Normal(0.0, 1.0), &device);
-        let weight = Tensor::<4>::random([cout, cin, 3, 3], Distribution::Normal(0.0, 0.1), &device);
-        let options = ConvOptions::new([stride, stride], [1, 1], [1, 1], 1);
-        let out_side = (side + 2 - 3) / stride + 1;
-        let grad = Tensor::<4>::random([batch, cout, out_side, out_side], Distribution::Normal(0.0, 1.0), &device);
+        let (x, weight, grad, options) = operands(batch, cin, cout, side, stride, &device);
         let (x_values, grad_values): (Vec<f32>, Vec<f32>) =
             (x.clone().into_data().try_to_vec().unwrap(), grad.clone().into_data().try_to_vec().unwrap());
         let (mut default_ms, mut tiled_ms, mut expected, mut got) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
