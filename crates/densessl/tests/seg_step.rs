@@ -7,7 +7,6 @@ mod common;
 
 use std::path::PathBuf;
 
-use burn::module::Module;
 use burn::store::{KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
 use common::assert_relative_close;
