@@ -108,6 +108,14 @@ fn pretrain_then_finetune_then_eval_end_to_end() {
     let manifest = std::fs::read_to_string(ft.join("manifest.json")).unwrap();
     assert!(manifest.contains("encoder.safetensors (Densessl, prefix '', 100 tensors; fingerprint"), "{manifest}");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ft.join("summary.json")).unwrap()).unwrap();
+    // Every logged window says how long the step waited for the data loader.
+    let logged: Vec<serde_json::Value> = std::fs::read_to_string(ft.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("loss").is_some())
+        .collect();
+    assert!(!logged.is_empty() && logged.iter().all(|v| v["input_wait_s"].as_f64().is_some_and(|w| w >= 0.0)), "{logged:?}");
 
     let model = ft.join("checkpoints/model.safetensors");
     let o = densessl(&["eval", "--checkpoint", model.to_str().unwrap(), "--dataset", "procedural", "--size", "32", "--val", "8", "--json"]);

@@ -276,10 +276,14 @@ fn train(config: &FinetuneConfig, options: &RunOptions, resume_from: Option<Stat
     bar.inc(state.step as u64);
     let checkpoints = run.root().join("checkpoints");
     let mut tick = Instant::now();
+    // Seconds the loop waited for the loader in this log window: near 0 when input keeps up.
+    let mut input_wait_s = 0.0;
     for step in state.step..total {
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
         device.seed(config.seed.wrapping_add(step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let waiting = Instant::now();
         let (images, masks) = loader.next();
+        input_wait_s += waiting.elapsed().as_secs_f64();
         let (h, w) = (images[0].height, images[0].width);
         let labels: Vec<i64> = masks.iter().flatten().map(|&l| i64::from(l)).collect();
         let labels = Tensor::<3, Int>::from_data(TensorData::new(labels, [batch_size, h, w]), &device);
@@ -300,10 +304,13 @@ fn train(config: &FinetuneConfig, options: &RunOptions, resume_from: Option<Stat
         if (done % config.train.log_every.max(1) == 0 || done == total) && !state.window.is_empty() {
             let mean = state.window.iter().sum::<f64>() / state.window.len() as f64;
             let ips = (state.window.len() * batch_size) as f64 / tick.elapsed().as_secs_f64();
-            run.log_metrics(&serde_json::json!({"step": done, "loss": mean, "lr": lr, "images_per_s": ips}))?;
+            run.log_metrics(&serde_json::json!({
+                "step": done, "loss": mean, "lr": lr, "images_per_s": ips, "input_wait_s": input_wait_s,
+            }))?;
             bar.set_message(format!("loss {mean:.3}"));
             state.window.clear();
             tick = Instant::now();
+            input_wait_s = 0.0;
         }
         if config.train.checkpoint_every > 0 && done % config.train.checkpoint_every == 0 && done < total {
             checkpoint::save(&model, &info, &run.checkpoint_path(&format!("model-step{done}.safetensors")))?;
