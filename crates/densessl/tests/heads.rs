@@ -19,10 +19,8 @@ fn fixture() -> Vec<u8> {
 }
 
 fn tensor(bytes: &[u8], name: &str, device: &Device) -> Tensor<4> {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture has {name}"));
-    let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    Tensor::from_data(TensorData::new(values, t.shape().to_vec()), device)
+    let (values, shape) = common::fixture_f32(bytes, name);
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// A store reading the fixture's `<prefix>.*` tensors under mmseg names.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use burn::store::{KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
-use common::assert_relative_close;
+use common::{assert_relative_close, fixture_f32};
 use densessl::models::heads::{Head, HeadConfig};
 use densessl::models::segmenter::{EncoderConfig, Segmenter};
 use densessl::seg::loss::masked_cross_entropy;
@@ -27,11 +27,6 @@ fn read(bytes: &[u8], name: &str) -> (Vec<u8>, Vec<usize>) {
     let st = SafeTensors::deserialize(bytes).unwrap();
     let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture has {name}"));
     (t.data().to_vec(), t.shape().to_vec())
-}
-
-fn floats(bytes: &[u8], name: &str) -> (Vec<f32>, Vec<usize>) {
-    let (raw, shape) = read(bytes, name);
-    (raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(), shape)
 }
 
 fn grad<const D: usize>(param: Tensor<D>, grads: &Gradients, name: &str) -> Vec<f32> {
@@ -55,13 +50,13 @@ fn dilated_segmentation_step_matches_pytorch() {
     assert!(result.errors.is_empty() && result.missing.is_empty(), "{result}");
     assert_eq!(result.applied.len(), 12, "conv1, bn1 (4), conv2, bn2 (4), classifier (2): {result}");
 
-    let (x, x_shape) = floats(&bytes, "input");
+    let (x, x_shape) = fixture_f32(&bytes, "input");
     let (raw_labels, label_shape) = read(&bytes, "labels");
     let labels: Vec<i64> = raw_labels.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
     let x = Tensor::<4>::from_data(TensorData::new(x, x_shape), &device);
     let labels = Tensor::<3, Int>::from_data(TensorData::new(labels, label_shape), &device);
     let loss = masked_cross_entropy(model.forward(x), labels, 255);
-    assert_relative_close(&[loss.clone().into_scalar::<f32>()], &floats(&bytes, "loss").0, 1e-5, "loss");
+    assert_relative_close(&[loss.clone().into_scalar::<f32>()], &fixture_f32(&bytes, "loss").0, 1e-5, "loss");
     let grads = loss.backward();
 
     let e = &model.encoder;
@@ -84,6 +79,6 @@ fn dilated_segmentation_step_matches_pytorch() {
         ("head.classifier.bias", grad(h.classifier.bias.as_ref().unwrap().val(), &grads, "classifier.bias")),
     ];
     for (name, got) in encoder_params.into_iter().chain(head_params) {
-        assert_relative_close(&got, &floats(&bytes, &format!("grad.{name}")).0, TOLERANCE, &format!("grad.{name}"));
+        assert_relative_close(&got, &fixture_f32(&bytes, &format!("grad.{name}")).0, TOLERANCE, &format!("grad.{name}"));
     }
 }

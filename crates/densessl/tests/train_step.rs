@@ -13,7 +13,6 @@ use densessl::models::resnet::ResNet;
 use densessl::models::segmenter::EncoderConfig;
 use densessl::train::optim::OptimConfig;
 use densessl::weights::import::{ImportOptions, load_encoder};
-use safetensors::SafeTensors;
 
 /// Gradients pass back through 20 convolutions and BNs in float32: summation order differs.
 const TOLERANCE: f32 = 2e-4;
@@ -26,9 +25,7 @@ struct Expected(Vec<u8>);
 
 impl Expected {
     fn get(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture has {name}"));
-        (t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(), t.shape().to_vec())
+        common::fixture_f32(&self.0, name)
     }
 
     fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {

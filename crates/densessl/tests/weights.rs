@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use densessl::models::segmenter::EncoderConfig;
 use densessl::weights::export::export_torchvision;
 use densessl::weights::import::{ImportOptions, SourceFormat, load_encoder};
-use common::assert_relative_close;
+use common::{assert_relative_close, fixture_f32};
 use safetensors::SafeTensors;
 
 /// Features go through ~20 convolutions with BN; float32 summation order differs from PyTorch.
@@ -24,23 +24,17 @@ fn features() -> (Vec<u8>, Device) {
     (std::fs::read(fixture("resnet_features.safetensors")).unwrap(), Device::flex())
 }
 
-fn get(bytes: &[u8], name: &str) -> (Vec<f32>, Vec<usize>) {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture has {name}"));
-    (t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(), t.shape().to_vec())
-}
-
 fn encoder(arch: &str, base_width: usize, output_stride: usize) -> EncoderConfig {
     EncoderConfig { arch: arch.into(), base_width, output_stride, zero_init_residual: false }
 }
 
 fn check_features(net: &densessl::models::resnet::ResNet, fixture_prefix: &str) {
     let (bytes, device) = features();
-    let (input, shape) = get(&bytes, "input");
+    let (input, shape) = fixture_f32(&bytes, "input");
     let x = Tensor::<4>::from_data(TensorData::new(input, shape), &device);
     let f = net.valid().forward(x);
     for (name, got) in [("c2", f.c2), ("c3", f.c3), ("c4", f.c4), ("c5", f.c5)] {
-        let (expected, shape) = get(&bytes, &format!("{fixture_prefix}.{name}"));
+        let (expected, shape) = fixture_f32(&bytes, &format!("{fixture_prefix}.{name}"));
         assert_eq!(got.dims().to_vec(), shape, "{fixture_prefix}.{name} shape");
         let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
         assert_relative_close(&got, &expected, RELATIVE_TOLERANCE, &format!("{fixture_prefix}.{name}"));
