@@ -6,9 +6,9 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use super::channel_dropout::ChannelDropout;
 use burn::tensor::{Device, Tensor};
 
+use super::channel_dropout::ChannelDropout;
 use super::conv_module::{ConvModule, SeparableConvModule, classifier};
 use crate::models::resize::resize_bilinear;
 use crate::models::resnet::Features;

@@ -4,9 +4,9 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use super::channel_dropout::ChannelDropout;
 use burn::tensor::{Device, Tensor};
 
+use super::channel_dropout::ChannelDropout;
 use super::conv_module::{ConvModule, classifier};
 
 /// The FCN head.

@@ -4,10 +4,10 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
-use super::channel_dropout::ChannelDropout;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use super::channel_dropout::ChannelDropout;
 use super::HeadConfig;
 use crate::models::resnet::Features;
 

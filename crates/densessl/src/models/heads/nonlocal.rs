@@ -5,10 +5,10 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::Initializer;
-use super::channel_dropout::ChannelDropout;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
+use super::channel_dropout::ChannelDropout;
 use super::conv_module::{ConvModule, classifier, conv};
 
 /// A 1×1 conv with bias (mmcv ConvModule without norm and activation), `.conv` in mmseg.
