@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::Scratch;
+
 fn densessl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_densessl"))
         .args(args)
@@ -11,11 +14,8 @@ fn densessl(args: &[&str]) -> Output {
         .expect("binary runs")
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("densessl-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> Scratch {
+    Scratch::new(&format!("cli-{name}"))
 }
 
 fn stderr(o: &Output) -> String {

@@ -2,9 +2,12 @@
 //! uninterrupted ones; every bad input gets one clear error and leaves earlier results intact.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Scratch;
 
 /// The binary in deterministic single-threaded mode.
 fn command(args: &[&str]) -> Command {
@@ -21,11 +24,8 @@ fn spawn(args: &[&str]) -> Child {
     command(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("binary starts")
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("densessl-reliability-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> Scratch {
+    Scratch::new(&format!("reliability-{name}"))
 }
 
 fn stderr(o: &Output) -> String {
