@@ -181,5 +181,6 @@ mod tests {
         assert!(err.contains("--set train.nope=1") && err.contains("nope"), "{err}");
         let err = load::<Outer>(Some(&path), &["novalue".into()]).unwrap_err().to_string();
         assert!(err.contains("key=value"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

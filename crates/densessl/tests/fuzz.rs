@@ -56,8 +56,10 @@ fn cases() -> ProptestConfig {
     ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48), failure_persistence: None, ..ProptestConfig::default() }
 }
 
+/// A directory for one property's files, under cargo's per-target scratch folder (it would
+/// outlive the test in the system temp dir: the properties share it across cases).
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("densessl-fuzz-{name}-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

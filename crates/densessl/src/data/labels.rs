@@ -120,5 +120,6 @@ mod tests {
         // A decoder that expanded the palette would see RGB.
         let rgb = image::open(&path).unwrap().to_rgb8();
         assert_eq!(rgb.get_pixel(1, 0).0, voc_palette()[1]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
