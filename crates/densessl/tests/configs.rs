@@ -51,7 +51,8 @@ fn finetune_configs_and_protocols_parse() {
 }
 
 /// Every committed experiment resolves into runs: each method's config, each protocol preset
-/// and override is loaded and checked, and every method of the registry appears in mini.toml.
+/// and override is loaded and checked, every method of the registry appears in mini.toml, and
+/// the mini grids are estimated under 90 minutes.
 #[test]
 fn experiments_resolve_into_plans() {
     use densessl::experiment::ExperimentSpec;
@@ -72,8 +73,11 @@ fn experiments_resolve_into_plans() {
             for (name, _) in pretext::METHODS {
                 assert!(methods.contains(name), "mini.toml lacks {name}");
             }
+        }
+        // The mini grids promise to fit 90 minutes on a 2-core CPU.
+        if file.file_name().unwrap().to_string_lossy().starts_with("mini") {
             let estimate: f64 = plan.pretrain.iter().map(|j| j.estimate_s).chain(plan.finetune.iter().map(|j| j.estimate_s)).sum();
-            assert!(estimate < 90.0 * 60.0, "mini.toml is estimated at {:.0} min", estimate / 60.0);
+            assert!(estimate < 90.0 * 60.0, "{} is estimated at {:.0} min", file.display(), estimate / 60.0);
         }
     }
 }
