@@ -30,23 +30,18 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fixtures"))
 from resnet_weights import BasicBlock, ResNet  # noqa: E402
+from finetune_fashion_scenes import load_split  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def labelled(root, split):
-    """Images (normalised, N×3×H×W) of a split's scenes that show an item, and their dominant class."""
-    images, labels = [], []
-    for name in open(f"{root}/ImageSets/Segmentation/{split}.txt").read().split():
-        mask = np.asarray(Image.open(f"{root}/SegmentationClass/{name}.png"))
-        counts = np.bincount(mask.ravel(), minlength=256)
-        counts[0] = counts[255] = 0
-        if counts.max() == 0:
-            continue
-        images.append(np.asarray(Image.open(f"{root}/JPEGImages/{name}.jpg").convert("RGB")))
-        labels.append(int(counts.argmax()))
-    x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-    return T.Normalize(MEAN, STD)(x), torch.tensor(labels)
+    """Normalised images of a split's scenes that show an item, and their dominant class."""
+    x, y = load_split(root, split)
+    counts = torch.stack([torch.bincount(mask.flatten(), minlength=256) for mask in y])
+    counts[:, 0] = counts[:, 255] = 0
+    keep = counts.amax(1) > 0
+    return x[keep], counts.argmax(1)[keep]
 
 
 class Net(nn.Module):

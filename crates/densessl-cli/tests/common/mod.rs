@@ -24,11 +24,6 @@ impl Deref for Scratch {
     }
 }
 
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
