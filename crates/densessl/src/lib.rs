@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod experiment;
+pub mod kernels;
 mod error;
 pub mod models;
 pub mod npy;

@@ -11,6 +11,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::conv2d_module;
+
 /// Configuration of a ResNet encoder.
 #[derive(Config, Debug, PartialEq)]
 pub struct ResNetConfig {
@@ -229,13 +231,13 @@ impl Block {
     /// `[B, Cin, H, W]` → `[B, Cout, H/s, W/s]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(conv2d_module(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(conv2d_module(&self.conv1, x)));
+        let out = self.bn2.forward(conv2d_module(&self.conv2, out));
         let out = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => bn3.forward(conv3.forward(relu(out))),
+            (Some(conv3), Some(bn3)) => bn3.forward(conv2d_module(conv3, relu(out))),
             _ => out,
         };
         relu(out + identity)
@@ -250,7 +252,7 @@ impl ResNet {
     /// # Shapes
     /// `[B, 3, H, W]` → C2 `[B, C2, H/4, W/4]` … C5 `[B, C5, H/os, W/os]`
     pub fn forward(&self, x: Tensor<4>) -> Features {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = relu(self.bn1.forward(conv2d_module(&self.conv1, x)));
         let x = self.maxpool.forward(x);
         let c2 = run(&self.layer1, x);
         let c3 = run(&self.layer2, c2.clone());

@@ -7,6 +7,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::conv2d_module;
+
 /// mmcv `kaiming_init(conv, mode="fan_out", nonlinearity="relu")`, what ConvModule uses.
 pub(crate) fn kaiming_fan_out() -> Initializer {
     Initializer::KaimingNormal { gain: 2f64.sqrt(), fan_out_only: true }
@@ -50,7 +52,7 @@ impl ConvModule {
     /// # Shapes
     /// `[B, cin, h, w]` → `[B, cout, h, w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.bn.forward(self.conv.forward(x));
+        let y = self.bn.forward(conv2d_module(&self.conv, x));
         if self.relu { relu(y) } else { y }
     }
 }

@@ -8,6 +8,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::channel_dropout::ChannelDropout;
+use crate::kernels::conv2d_module;
 use super::HeadConfig;
 use crate::models::resnet::Features;
 
@@ -58,8 +59,8 @@ impl MocoFcnHead {
     /// # Shapes
     /// C5 `[B, Cin, h, w]` → `[B, channels, h, w]`
     pub fn decode(&self, features: &Features) -> Tensor<4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(features.c5.clone())));
-        relu(self.bn2.forward(self.conv2.forward(x)))
+        let x = relu(self.bn1.forward(conv2d_module(&self.conv1, features.c5.clone())));
+        relu(self.bn2.forward(conv2d_module(&self.conv2, x)))
     }
 
     /// # Shapes

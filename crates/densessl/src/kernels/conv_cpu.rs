@@ -1,0 +1,294 @@
+//! CPU convolution kernels on plain `f32` slices (NCHW, one group, symmetric padding).
+//!
+//! burn-flex convolves image by image: each image's output positions go to `gemm` on their
+//! own, so the small feature maps of a ResNet's later stages (3×3 or 6×6 positions) leave
+//! it a matrix of 9–36 columns, and its weight gradient is a convolution whose kernel is
+//! the output gradient. Here every pass takes the positions of the *whole batch* at once:
+//! the input is turned into rows of im2col (`[B·Ho·Wo, k·k·Cin]`, read from an NHWC copy
+//! so each tap is one contiguous run of channels), in chunks that bound the memory, and
+//! each chunk is one multithreaded `gemm` call:
+//! - forward: `Y[P, Cout] = col[P, K] · Wᵀ[K, Cout]`;
+//! - weight gradient: `dW[Cout, K] += Gᵀ[Cout, P] · col[P, K]`, accumulated over chunks;
+//! - data gradient (stride 1): the forward pass of the output gradient with the kernel
+//!   flipped and its channels swapped, padded by `d·(k−1) − p`.
+//!
+//! Measured effect and the shapes it was measured on: docs/BENCHMARKS.md (issue 9).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Upper bound on one chunk of im2col rows, in floats (8 MB).
+const CHUNK_FLOATS: usize = 1 << 21;
+
+/// Geometry of one 2-D convolution (one group, symmetric padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Batch size.
+    pub batch: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Input height and width.
+    pub input: [usize; 2],
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Stride per axis.
+    pub stride: [usize; 2],
+    /// Zero padding per axis (the same on both sides).
+    pub padding: [usize; 2],
+    /// Dilation per axis.
+    pub dilation: [usize; 2],
+}
+
+impl ConvGeometry {
+    /// Output height and width.
+    pub fn output(&self) -> [usize; 2] {
+        std::array::from_fn(|i| {
+            (self.input[i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel[i] - 1) - 1) / self.stride[i] + 1
+        })
+    }
+
+    /// Output positions over the whole batch, `B·Ho·Wo`.
+    pub fn positions(&self) -> usize {
+        let [ho, wo] = self.output();
+        self.batch * ho * wo
+    }
+
+    /// Length of one im2col row, `kh·kw·Cin`.
+    pub fn row_len(&self) -> usize {
+        self.kernel[0] * self.kernel[1] * self.cin
+    }
+
+    /// The geometry of the data gradient as a forward convolution (stride 1 only): input
+    /// the output gradient, kernel flipped and transposed, padding `d·(k−1) − p`. `None`
+    /// when that padding would be negative or the stride is not 1.
+    pub fn data_gradient_as_forward(&self) -> Option<ConvGeometry> {
+        if self.stride != [1, 1] {
+            return None;
+        }
+        let mut padding = [0; 2];
+        for i in 0..2 {
+            padding[i] = (self.dilation[i] * (self.kernel[i] - 1)).checked_sub(self.padding[i])?;
+        }
+        Some(ConvGeometry {
+            batch: self.batch,
+            cin: self.cout,
+            input: self.output(),
+            cout: self.cin,
+            kernel: self.kernel,
+            stride: [1, 1],
+            padding,
+            dilation: self.dilation,
+        })
+    }
+}
+
+/// `[B, C, H, W]` → `[B, H, W, C]`.
+fn to_nhwc(x: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(plane * channels).zip(x.par_chunks(plane * channels)).for_each(|(dst, src)| {
+        for (c, src_plane) in src.chunks_exact(plane).enumerate() {
+            for (p, &v) in src_plane.iter().enumerate() {
+                dst[p * channels + c] = v;
+            }
+        }
+    });
+    debug_assert_eq!(out.len(), batch * channels * plane);
+    out
+}
+
+/// `[B, L, C]` → `[B, C, L]`.
+fn to_nchw(y: &[f32], channels: usize, plane: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; y.len()];
+    out.par_chunks_mut(plane * channels).zip(y.par_chunks(plane * channels)).for_each(|(dst, src)| {
+        for (p, row) in src.chunks_exact(channels).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                dst[c * plane + p] = v;
+            }
+        }
+    });
+    out
+}
+
+/// Rows `first..first + col.len() / K` of im2col, each `[(ky, kx, c)]`, from an NHWC input.
+fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [f32]) {
+    let [h, w] = g.input;
+    let [ho, wo] = g.output();
+    let [kh, kw] = g.kernel;
+    let cin = g.cin;
+    col.par_chunks_mut(g.row_len()).enumerate().for_each(|(i, row)| {
+        let q = first + i;
+        let (b, oy, ox) = (q / (ho * wo), q / wo % ho, q % wo);
+        let image = &x_nhwc[b * h * w * cin..][..h * w * cin];
+        for ky in 0..kh {
+            let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
+            for kx in 0..kw {
+                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
+                let dst = &mut row[(ky * kw + kx) * cin..][..cin];
+                if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
+                    dst.copy_from_slice(&image[(iy as usize * w + ix as usize) * cin..][..cin]);
+                } else {
+                    dst.fill(0.0);
+                }
+            }
+        }
+    });
+}
+
+/// Rows per chunk: as many as fit [`CHUNK_FLOATS`], at least one.
+fn chunk_rows(g: &ConvGeometry) -> usize {
+    (CHUNK_FLOATS / g.row_len()).max(1)
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with explicit (row, column) strides, on all threads.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    dst_strides: [isize; 2],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+) {
+    let last = |[rs, cs]: [isize; 2], rows: usize, cols: usize| {
+        (rows.saturating_sub(1) as isize * rs + cols.saturating_sub(1) as isize * cs) as usize
+    };
+    assert!(last(dst_strides, m, n) < dst.len().max(1));
+    assert!(last(lhs_strides, m, k) < lhs.len().max(1) && last(rhs_strides, k, n) < rhs.len().max(1));
+    // SAFETY: the asserts above keep every element gemm touches inside the three slices,
+    // and `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_strides[1],
+            dst_strides[0],
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides[1],
+            lhs_strides[0],
+            rhs.as_ptr(),
+            rhs_strides[1],
+            rhs_strides[0],
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// Kernel `[Cout, Cin, kh, kw]` → `[Cout, (ky, kx, c)]`, the order of an im2col row.
+fn flatten_kernel(weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let taps = g.kernel[0] * g.kernel[1];
+    let mut out = vec![0.0f32; weight.len()];
+    for (dst, src) in out.chunks_exact_mut(g.row_len()).zip(weight.chunks_exact(g.row_len())) {
+        for c in 0..g.cin {
+            for t in 0..taps {
+                dst[t * g.cin + c] = src[c * taps + t];
+            }
+        }
+    }
+    out
+}
+
+/// Forward convolution without bias: `x [B, Cin, H, W]`, `weight [Cout, Cin, kh, kw]` →
+/// `[B, Cout, Ho, Wo]`.
+pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let [h, w] = g.input;
+    let [ho, wo] = g.output();
+    assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
+    assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
+    let (k, positions) = (g.row_len(), g.positions());
+    let x_nhwc = to_nhwc(x, g.batch, g.cin, h * w);
+    let kernel = flatten_kernel(weight, g);
+    let mut y = vec![0.0f32; positions * g.cout];
+    let rows = chunk_rows(g);
+    let mut col = vec![0.0f32; rows.min(positions) * k];
+    for first in (0..positions).step_by(rows) {
+        let n = rows.min(positions - first);
+        im2col_rows(&x_nhwc, g, first, &mut col[..n * k]);
+        // Y[first.., Cout] = col[n, K] · kernelᵀ[K, Cout]
+        gemm_f32(
+            [n, g.cout, k],
+            &mut y[first * g.cout..(first + n) * g.cout],
+            [g.cout as isize, 1],
+            false,
+            &col[..n * k],
+            [k as isize, 1],
+            &kernel,
+            [1, k as isize],
+        );
+    }
+    to_nchw(&y, g.cout, ho * wo)
+}
+
+/// Weight gradient: `x [B, Cin, H, W]`, output gradient `[B, Cout, Ho, Wo]` →
+/// `[Cout, Cin, kh, kw]`.
+pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let [h, w] = g.input;
+    let [ho, wo] = g.output();
+    assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
+    assert_eq!(grad.len(), g.positions() * g.cout, "conv2d: output gradient length does not match its geometry");
+    let (k, positions) = (g.row_len(), g.positions());
+    let x_nhwc = to_nhwc(x, g.batch, g.cin, h * w);
+    let grad_nhwc = to_nhwc(grad, g.batch, g.cout, ho * wo);
+    let mut flat = vec![0.0f32; g.cout * k];
+    let rows = chunk_rows(g);
+    let mut col = vec![0.0f32; rows.min(positions) * k];
+    for first in (0..positions).step_by(rows) {
+        let n = rows.min(positions - first);
+        im2col_rows(&x_nhwc, g, first, &mut col[..n * k]);
+        // dW[Cout, K] += Gᵀ[Cout, n] · col[n, K]
+        gemm_f32(
+            [g.cout, k, n],
+            &mut flat,
+            [k as isize, 1],
+            first > 0,
+            &grad_nhwc[first * g.cout..(first + n) * g.cout],
+            [1, g.cout as isize],
+            &col[..n * k],
+            [k as isize, 1],
+        );
+    }
+    // [Cout, (ky, kx, c)] → [Cout, c, ky, kx]
+    let taps = g.kernel[0] * g.kernel[1];
+    let mut out = vec![0.0f32; flat.len()];
+    for (dst, src) in out.chunks_exact_mut(k).zip(flat.chunks_exact(k)) {
+        for t in 0..taps {
+            for c in 0..g.cin {
+                dst[c * taps + t] = src[t * g.cin + c];
+            }
+        }
+    }
+    out
+}
+
+/// Data gradient for stride 1: output gradient `[B, Cout, Ho, Wo]` → `[B, Cin, H, W]`, as
+/// the forward pass of the gradient with the flipped, channel-swapped kernel. `None` where
+/// [`ConvGeometry::data_gradient_as_forward`] is.
+pub fn conv2d_data_gradient(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
+    let backward = g.data_gradient_as_forward()?;
+    let [kh, kw] = g.kernel;
+    // flipped[c][o][ky][kx] = weight[o][c][kh−1−ky][kw−1−kx]
+    let mut flipped = vec![0.0f32; weight.len()];
+    flipped.par_chunks_mut(g.cout * kh * kw).enumerate().for_each(|(c, dst)| {
+        for o in 0..g.cout {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    dst[(o * kh + ky) * kw + kx] = weight[((o * g.cin + c) * kh + kh - 1 - ky) * kw + kw - 1 - kx];
+                }
+            }
+        }
+    });
+    let dx = conv2d_forward(grad, &flipped, &backward);
+    debug_assert_eq!(backward.output(), g.input);
+    Some(dx)
+}

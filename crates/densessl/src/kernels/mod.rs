@@ -1,0 +1,219 @@
+//! Faster operations plugged into burn through its backend-extension mechanism (issue 9).
+//!
+//! [`ConvKernels`] is a backend extension: a bias-free 2-D convolution whose forward pass and
+//! both gradients a backend may replace. On burn-flex (the CPU backend) the ResNet encoder's
+//! convolutions run through the batch-wide im2col + `gemm` kernels of [`conv_cpu`]; on every
+//! other backend (and for shapes the kernels do not cover: groups, asymmetric padding,
+//! non-`f32`) the trait's default bodies call burn's own convolution, so results and
+//! gradients are burn's there. The autodiff implementation records one graph node whose
+//! backward pass calls the inner backend's [`ConvKernels::conv2d_x_gradient`] and
+//! [`ConvKernels::conv2d_weight_gradient`].
+//!
+//! Set `DENSESSL_CONV_KERNELS=burn` to route every convolution through burn's own
+//! implementation instead (for A/B measurements; `bench/compare.sh` documents its use).
+
+pub mod conv_cpu;
+
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::backend::ops::ModuleOps;
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Tensor, TensorData};
+
+use conv_cpu::ConvGeometry;
+
+/// A bias-free 2-D convolution whose forward pass and gradients a backend may replace.
+///
+/// Shapes: `x [B, Cin, H, W]`, `weight [Cout, Cin / groups, kh, kw]`, output and output
+/// gradient `[B, Cout, Ho, Wo]`.
+#[backend_extension(Flex, Autodiff, Cube: cfg(any(feature = "vulkan", feature = "cuda")))]
+pub trait ConvKernels: Backend {
+    /// Forward convolution without bias.
+    fn conv2d_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, options)
+    }
+
+    /// Gradient with respect to `x`.
+    fn conv2d_x_gradient(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, output_grad, options)
+    }
+
+    /// Gradient with respect to `weight`.
+    fn conv2d_weight_gradient(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_weight_backward(x, weight, output_grad, options)
+    }
+}
+
+#[cfg(any(feature = "vulkan", feature = "cuda"))]
+impl ConvKernels for burn::backend::Cube {}
+
+/// Whether `DENSESSL_CONV_KERNELS=burn` asked for burn's own convolutions.
+fn use_burn_convolutions() -> bool {
+    static BURN: OnceLock<bool> = OnceLock::new();
+    *BURN.get_or_init(|| std::env::var("DENSESSL_CONV_KERNELS").is_ok_and(|v| v == "burn"))
+}
+
+/// The geometry of a convolution the CPU kernels cover, or `None` (then burn's path runs).
+fn cpu_geometry(x: &FloatTensor<Flex>, weight: &FloatTensor<Flex>, options: &ConvOptions<2>) -> Option<ConvGeometry> {
+    if use_burn_convolutions()
+        || x.dtype() != DType::F32
+        || weight.dtype() != DType::F32
+        || options.groups != 1
+        || options.is_asymmetric()
+    {
+        return None;
+    }
+    let [batch, cin, h, w] = x.shape().dims();
+    let [cout, wcin, kh, kw] = weight.shape().dims();
+    let covers = |side: usize, axis: usize, k: usize| side + 2 * options.padding_begin()[axis] > options.dilation[axis] * (k - 1);
+    if wcin != cin || !covers(h, 0, kh) || !covers(w, 1, kw) {
+        return None;
+    }
+    Some(ConvGeometry {
+        batch,
+        cin,
+        input: [h, w],
+        cout,
+        kernel: [kh, kw],
+        stride: options.stride,
+        padding: options.padding_begin(),
+        dilation: options.dilation,
+    })
+}
+
+/// The tensor in a contiguous buffer of its own size (no copy when it already is one).
+fn values(tensor: FloatTensor<Flex>) -> FlexTensor {
+    tensor.to_contiguous()
+}
+
+fn as_f32(tensor: &FlexTensor) -> &[f32] {
+    tensor.storage::<f32>()
+}
+
+fn from_values(values: Vec<f32>, shape: [usize; 4]) -> FloatTensor<Flex> {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl ConvKernels for Flex {
+    fn conv2d_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        let Some(g) = cpu_geometry(&x, &weight, &options) else {
+            return Self::conv2d(x, weight, None, options);
+        };
+        // burn-flex's own path for 1×1, stride-1 convolutions is already one gemm per image.
+        if g.kernel == [1, 1] && g.stride == [1, 1] {
+            return Self::conv2d(x, weight, None, options);
+        }
+        let (x, weight) = (values(x), values(weight));
+        let y = conv_cpu::conv2d_forward(as_f32(&x), as_f32(&weight), &g);
+        let [ho, wo] = g.output();
+        from_values(y, [g.batch, g.cout, ho, wo])
+    }
+
+    fn conv2d_x_gradient(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let geometry = cpu_geometry(&x, &weight, &options)
+            .filter(|g| g.kernel != [1, 1] && g.data_gradient_as_forward().is_some());
+        let Some(g) = geometry else {
+            return Self::conv2d_x_backward(x, weight, output_grad, options);
+        };
+        let (weight, grad) = (values(weight), values(output_grad));
+        let dx = conv_cpu::conv2d_data_gradient(as_f32(&weight), as_f32(&grad), &g)
+            .expect("the geometry was checked to allow the flipped-kernel form");
+        from_values(dx, [g.batch, g.cin, g.input[0], g.input[1]])
+    }
+
+    fn conv2d_weight_gradient(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let Some(g) = cpu_geometry(&x, &weight, &options) else {
+            return Self::conv2d_weight_backward(x, weight, output_grad, options);
+        };
+        let (x, grad) = (values(x), values(output_grad));
+        let dw = conv_cpu::conv2d_weight_gradient(as_f32(&x), as_f32(&grad), &g);
+        from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]])
+    }
+}
+
+impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
+    fn conv2d_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Conv2dNoBias;
+
+        impl<B: Backend + ConvKernels> Backward<B, 2> for Conv2dNoBias {
+            type State = (NodeId, NodeId, ConvOptions<2>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                let [node_x, node_weight] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, weight_state, options) = ops.state;
+                let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+                let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+                if let Some(node) = node_x {
+                    let dx = B::conv2d_x_gradient(x.clone(), weight.clone(), grad.clone(), options.clone());
+                    grads.register::<B>(node.id, dx);
+                }
+                if let Some(node) = node_weight {
+                    grads.register::<B>(node.id, B::conv2d_weight_gradient(x, weight, grad, options));
+                }
+            }
+        }
+
+        match Conv2dNoBias.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let y = B::conv2d_no_bias(x.into_primitive(), weight.into_primitive(), options.clone());
+                prep.finish((x_state, weight_state, options), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_no_bias(x.into_primitive(), weight.into_primitive(), options)),
+        }
+    }
+}
+
+/// Bias-free 2-D convolution through [`ConvKernels`]. Shapes as [`ConvKernels`].
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as ConvKernels>::conv2d_no_bias(x.into_dispatch(), weight.into_dispatch(), options))
+}
+
+/// A burn [`Conv2d`] module's forward pass through [`ConvKernels`]: same parameters, same
+/// result; its bias (if any) is added afterwards. `Same` padding goes through burn's module.
+pub fn conv2d_module(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let ((top, bottom), (left, right)) = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
+        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    let options = ConvOptions::new_with_padding(conv.stride, [(top, bottom), (left, right)], conv.dilation, conv.groups);
+    let y = conv2d(x, conv.weight.val(), options);
+    match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, -1, 1, 1]),
+        None => y,
+    }
+}

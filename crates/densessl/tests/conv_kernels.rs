@@ -1,0 +1,133 @@
+//! The batch-wide convolution kernels (`densessl::kernels`) against burn's own convolution,
+//! which `train_step.rs` and `parity.rs` tie to PyTorch: the forward pass and both
+//! gradients through autodiff, on the shapes a ResNet uses (3×3 with stride 1 and 2, the
+//! 7×7 stem, 1×1 downsampling, dilation 2 and 4) and on random geometries.
+
+use burn::tensor::module::conv2d as burn_conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+use densessl::kernels::conv_cpu::{self, ConvGeometry};
+use proptest::prelude::*;
+
+/// Sums of up to 4,608 float32 products in another order: relative to the largest value.
+const TOLERANCE: f32 = 1e-5;
+
+fn max_relative_difference(got: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(got.len(), expected.len());
+    let scale = expected.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+    got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Forward, input gradient and weight gradient of `loss = Σ conv(x, w) ⊙ r` through the
+/// kernels and through burn, on an autodiff device; returns the three largest differences.
+fn compare(g: &ConvGeometry) -> [f32; 3] {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<4>::random([g.batch, g.cin, g.input[0], g.input[1]], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<4>::random([g.cout, g.cin, g.kernel[0], g.kernel[1]], Distribution::Normal(0.0, 0.2), &device);
+    let [ho, wo] = g.output();
+    let r = Tensor::<4>::random([g.batch, g.cout, ho, wo], Distribution::Normal(0.0, 1.0), &device);
+    let options = ConvOptions::new(g.stride, g.padding, g.dilation, 1);
+    let run = |ours: bool| {
+        let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
+        let y = if ours {
+            densessl::kernels::conv2d(x.clone(), w.clone(), options.clone())
+        } else {
+            burn_conv2d(x.clone(), w.clone(), None, options.clone())
+        };
+        assert_eq!(y.dims(), [g.batch, g.cout, ho, wo]);
+        let grads = (y.clone() * r.clone()).sum().backward();
+        (values(y), values(x.grad(&grads).unwrap()), values(w.grad(&grads).unwrap()))
+    };
+    let (ours, burn) = (run(true), run(false));
+    [
+        max_relative_difference(&ours.0, &burn.0),
+        max_relative_difference(&ours.1, &burn.1),
+        max_relative_difference(&ours.2, &burn.2),
+    ]
+}
+
+fn geometry(batch: usize, cin: usize, cout: usize, side: [usize; 2], k: usize, stride: usize, pad: usize, dil: usize) -> ConvGeometry {
+    ConvGeometry {
+        batch,
+        cin,
+        input: side,
+        cout,
+        kernel: [k, k],
+        stride: [stride; 2],
+        padding: [pad; 2],
+        dilation: [dil; 2],
+    }
+}
+
+#[test]
+fn resnet_shapes_match_burn() {
+    let cases = [
+        ("3×3 stride 1", geometry(4, 16, 24, [12, 12], 3, 1, 1, 1)),
+        ("3×3 stride 2", geometry(3, 16, 32, [12, 11], 3, 2, 1, 1)),
+        ("7×7 stem, stride 2", geometry(2, 3, 16, [32, 30], 7, 2, 3, 1)),
+        ("1×1 downsample, stride 2", geometry(3, 16, 32, [8, 8], 1, 2, 0, 1)),
+        ("1×1 stride 1 (burn's forward, our weight gradient)", geometry(3, 16, 32, [6, 6], 1, 1, 0, 1)),
+        ("3×3 dilation 2 (output stride 16)", geometry(2, 32, 32, [6, 6], 3, 1, 2, 2)),
+        ("3×3 dilation 4 (output stride 8)", geometry(2, 32, 16, [6, 6], 3, 1, 4, 4)),
+        ("3×3 on a 3×3 map, wide (ResNet layer4)", geometry(4, 128, 128, [3, 3], 3, 1, 1, 1)),
+        ("no padding", geometry(2, 8, 8, [9, 7], 3, 1, 0, 1)),
+    ];
+    for (name, g) in cases {
+        let [forward, dx, dw] = compare(&g);
+        assert!(
+            forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
+            "{name} {g:?}: forward {forward:.1e}, input gradient {dx:.1e}, weight gradient {dw:.1e} (tolerance {TOLERANCE:.0e})"
+        );
+    }
+}
+
+#[test]
+fn data_gradient_as_forward_is_offered_only_where_it_holds() {
+    assert!(geometry(1, 4, 4, [8, 8], 3, 2, 1, 1).data_gradient_as_forward().is_none(), "stride 2");
+    // Padding larger than d·(k−1) would need a negative padding in the flipped form.
+    assert!(geometry(1, 4, 4, [8, 8], 3, 1, 3, 1).data_gradient_as_forward().is_none());
+    let g = geometry(2, 4, 6, [8, 5], 3, 1, 1, 1);
+    let back = g.data_gradient_as_forward().unwrap();
+    assert_eq!((back.cin, back.cout, back.input, back.output()), (6, 4, [8, 5], [8, 5]));
+}
+
+#[test]
+fn kernels_are_plain_functions_of_slices() {
+    // A 1-channel 3×3 box filter on a 4×4 ramp, checked by hand at one corner and the centre.
+    let g = geometry(1, 1, 1, [4, 4], 3, 1, 1, 1);
+    let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+    let y = conv_cpu::conv2d_forward(&x, &[1.0; 9], &g);
+    assert_eq!(y[0], 0.0 + 1.0 + 4.0 + 5.0);
+    assert_eq!(y[5], (0..3).flat_map(|r| (0..3).map(move |c| (r * 4 + c) as f32)).sum::<f32>());
+    // The weight gradient of Σ y with a ones gradient sums the input under each tap.
+    let dw = conv_cpu::conv2d_weight_gradient(&x, &[1.0; 16], &g);
+    let centre: f32 = x.iter().sum();
+    assert_eq!(dw[4], centre);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_geometries_match_burn(
+        batch in 1usize..4,
+        cin in 1usize..12,
+        cout in 1usize..12,
+        h in 1usize..11,
+        w in 1usize..11,
+        k in prop_oneof![Just(1usize), Just(2), Just(3), Just(5)],
+        stride in 1usize..3,
+        pad in 0usize..3,
+        dil in 1usize..3,
+    ) {
+        let g = geometry(batch, cin, cout, [h, w], k, stride, pad, dil);
+        prop_assume!(h + 2 * pad > dil * (k - 1) && w + 2 * pad > dil * (k - 1));
+        let [forward, dx, dw] = compare(&g);
+        prop_assert!(forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
+            "{:?}: forward {:.1e}, input gradient {:.1e}, weight gradient {:.1e}", g, forward, dx, dw);
+    }
+}
