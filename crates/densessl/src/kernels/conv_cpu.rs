@@ -18,7 +18,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Upper bound on one chunk of im2col rows, in floats (8 MB).
-const CHUNK_FLOATS: usize = 1 << 21;
+pub const CHUNK_FLOATS: usize = 1 << 21;
 
 /// Geometry of one 2-D convolution (one group, symmetric padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,10 +67,8 @@ impl ConvGeometry {
         if self.stride != [1, 1] {
             return None;
         }
-        let mut padding = [0; 2];
-        for i in 0..2 {
-            padding[i] = (self.dilation[i] * (self.kernel[i] - 1)).checked_sub(self.padding[i])?;
-        }
+        let flipped_padding = |i: usize| (self.dilation[i] * (self.kernel[i] - 1)).checked_sub(self.padding[i]);
+        let padding = [flipped_padding(0)?, flipped_padding(1)?];
         Some(ConvGeometry {
             batch: self.batch,
             cin: self.cout,
@@ -136,9 +134,18 @@ fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [f32]) 
     });
 }
 
-/// Rows per chunk: as many as fit [`CHUNK_FLOATS`], at least one.
-fn chunk_rows(g: &ConvGeometry) -> usize {
-    (CHUNK_FLOATS / g.row_len()).max(1)
+/// Calls `f(first, n, col)` on consecutive chunks of im2col rows of `x [B, Cin, H, W]`:
+/// rows `first..first + n` as `col [n, K]`, each chunk at most [`CHUNK_FLOATS`] (one row at least).
+fn for_each_im2col_chunk(x: &[f32], g: &ConvGeometry, mut f: impl FnMut(usize, usize, &[f32])) {
+    let (k, positions) = (g.row_len(), g.positions());
+    let x_nhwc = to_nhwc(x, g.batch, g.cin, g.input[0] * g.input[1]);
+    let rows = (CHUNK_FLOATS / k).max(1);
+    let mut col = vec![0.0f32; rows.min(positions) * k];
+    for first in (0..positions).step_by(rows) {
+        let n = rows.min(positions - first);
+        im2col_rows(&x_nhwc, g, first, &mut col[..n * k]);
+        f(first, n, &col[..n * k]);
+    }
 }
 
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with explicit (row, column) strides, on all threads.
@@ -206,27 +213,22 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [ho, wo] = g.output();
     assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
     assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
-    let (k, positions) = (g.row_len(), g.positions());
-    let x_nhwc = to_nhwc(x, g.batch, g.cin, h * w);
+    let k = g.row_len();
     let kernel = flatten_kernel(weight, g);
-    let mut y = vec![0.0f32; positions * g.cout];
-    let rows = chunk_rows(g);
-    let mut col = vec![0.0f32; rows.min(positions) * k];
-    for first in (0..positions).step_by(rows) {
-        let n = rows.min(positions - first);
-        im2col_rows(&x_nhwc, g, first, &mut col[..n * k]);
+    let mut y = vec![0.0f32; g.positions() * g.cout];
+    for_each_im2col_chunk(x, g, |first, n, col| {
         // Y[first.., Cout] = col[n, K] · kernelᵀ[K, Cout]
         gemm_f32(
             [n, g.cout, k],
             &mut y[first * g.cout..(first + n) * g.cout],
             [g.cout as isize, 1],
             false,
-            &col[..n * k],
+            col,
             [k as isize, 1],
             &kernel,
             [1, k as isize],
         );
-    }
+    });
     to_nchw(&y, g.cout, ho * wo)
 }
 
@@ -237,15 +239,10 @@ pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
     let [ho, wo] = g.output();
     assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
     assert_eq!(grad.len(), g.positions() * g.cout, "conv2d: output gradient length does not match its geometry");
-    let (k, positions) = (g.row_len(), g.positions());
-    let x_nhwc = to_nhwc(x, g.batch, g.cin, h * w);
+    let k = g.row_len();
     let grad_nhwc = to_nhwc(grad, g.batch, g.cout, ho * wo);
     let mut flat = vec![0.0f32; g.cout * k];
-    let rows = chunk_rows(g);
-    let mut col = vec![0.0f32; rows.min(positions) * k];
-    for first in (0..positions).step_by(rows) {
-        let n = rows.min(positions - first);
-        im2col_rows(&x_nhwc, g, first, &mut col[..n * k]);
+    for_each_im2col_chunk(x, g, |first, n, col| {
         // dW[Cout, K] += Gᵀ[Cout, n] · col[n, K]
         gemm_f32(
             [g.cout, k, n],
@@ -254,10 +251,10 @@ pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
             first > 0,
             &grad_nhwc[first * g.cout..(first + n) * g.cout],
             [1, g.cout as isize],
-            &col[..n * k],
+            col,
             [k as isize, 1],
         );
-    }
+    });
     // [Cout, (ky, kx, c)] → [Cout, c, ky, kx]
     let taps = g.kernel[0] * g.kernel[1];
     let mut out = vec![0.0f32; flat.len()];
