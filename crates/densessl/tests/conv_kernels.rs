@@ -50,6 +50,14 @@ fn compare(g: &ConvGeometry) -> [f32; 3] {
     ]
 }
 
+fn assert_matches_burn(name: &str, g: &ConvGeometry) {
+    let [forward, dx, dw] = compare(g);
+    assert!(
+        forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
+        "{name} {g:?}: forward {forward:.1e}, input gradient {dx:.1e}, weight gradient {dw:.1e} (tolerance {TOLERANCE:.0e})"
+    );
+}
+
 #[allow(clippy::too_many_arguments)]
 fn geometry(batch: usize, cin: usize, cout: usize, side: [usize; 2], k: usize, stride: usize, pad: usize, dil: usize) -> ConvGeometry {
     ConvGeometry {
@@ -78,11 +86,7 @@ fn resnet_shapes_match_burn() {
         ("no padding", geometry(2, 8, 8, [9, 7], 3, 1, 0, 1)),
     ];
     for (name, g) in cases {
-        let [forward, dx, dw] = compare(&g);
-        assert!(
-            forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
-            "{name} {g:?}: forward {forward:.1e}, input gradient {dx:.1e}, weight gradient {dw:.1e} (tolerance {TOLERANCE:.0e})"
-        );
+        assert_matches_burn(name, &g);
     }
 }
 
@@ -93,14 +97,7 @@ fn several_im2col_chunks_match_burn() {
     let g = geometry(8, 64, 32, [24, 24], 3, 1, 1, 1);
     assert!(g.positions() * g.row_len() > conv_cpu::CHUNK_FLOATS);
     assert_ne!(conv_cpu::CHUNK_FLOATS / g.row_len() % (24 * 24), 0, "the chunk should end inside an image");
-    let cases = [("3×3, 64→32, 8 images of 24²", g)];
-    for (name, g) in cases {
-        let [forward, dx, dw] = compare(&g);
-        assert!(
-            forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
-            "{name} {g:?}: forward {forward:.1e}, input gradient {dx:.1e}, weight gradient {dw:.1e} (tolerance {TOLERANCE:.0e})"
-        );
-    }
+    assert_matches_burn("3×3, 64→32, 8 images of 24²", &g);
 }
 
 #[test]

@@ -139,7 +139,7 @@ fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [f32]) 
 fn for_each_im2col_chunk(x: &[f32], g: &ConvGeometry, mut f: impl FnMut(usize, usize, &[f32])) {
     let (k, positions) = (g.row_len(), g.positions());
     let x_nhwc = to_nhwc(x, g.batch, g.cin, g.input[0] * g.input[1]);
-    let rows = (CHUNK_FLOATS / k).max(1);
+    let rows = (CHUNK_FLOATS / k.max(1)).max(1);
     let mut col = vec![0.0f32; rows.min(positions) * k];
     for first in (0..positions).step_by(rows) {
         let n = rows.min(positions - first);
