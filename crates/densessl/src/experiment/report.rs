@@ -178,7 +178,10 @@ pub fn write(plan: &Plan) -> Result<Vec<PathBuf>> {
         let suffix = protocol.map(|p| format!("_{p}")).unwrap_or_default();
         let path = plan.out.join(format!("miou_{head}{suffix}.png"));
         let title = format!("mIoU, {head} head{} (mean ± std over seeds)", protocol.map(|p| format!(", {p}")).unwrap_or_default());
-        bar_chart(&path, &title, "mIoU", &bars, ((120 * bars.len() as u32).max(480), 480))?;
+        // Each bar's slot is wide enough for its label at 13 px (about 8 px per character).
+        let longest = bars.iter().map(|b| b.label.chars().count()).max().unwrap_or(0) as u32;
+        let slot = (8 * longest + 24).max(120);
+        bar_chart(&path, &title, "mIoU", &bars, ((slot * bars.len() as u32 + 60).max(480), 480))?;
         written.push(path);
     }
     Ok(written)
