@@ -24,7 +24,6 @@ impl Deref for Scratch {
     }
 }
 
-
 impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() {

@@ -82,27 +82,14 @@ impl ConvGeometry {
     }
 }
 
-/// `[B, C, H, W]` → `[B, H, W, C]`.
-fn to_nhwc(x: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(plane * channels).zip(x.par_chunks(plane * channels)).for_each(|(dst, src)| {
-        for (c, src_plane) in src.chunks_exact(plane).enumerate() {
-            for (p, &v) in src_plane.iter().enumerate() {
-                dst[p * channels + c] = v;
-            }
-        }
-    });
-    debug_assert_eq!(out.len(), batch * channels * plane);
-    out
-}
-
-/// `[B, L, C]` → `[B, C, L]`.
-fn to_nchw(y: &[f32], channels: usize, plane: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; y.len()];
-    out.par_chunks_mut(plane * channels).zip(y.par_chunks(plane * channels)).for_each(|(dst, src)| {
-        for (p, row) in src.chunks_exact(channels).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                dst[c * plane + p] = v;
+/// Transposes every `[rows, cols]` block of `src` (one per image) into `[cols, rows]`:
+/// NCHW → NHWC with `rows = C, cols = H·W`, and back with the two swapped.
+fn transpose_each_image(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; src.len()];
+    out.par_chunks_mut(rows * cols).zip(src.par_chunks(rows * cols)).for_each(|(dst, block)| {
+        for (i, row) in block.chunks_exact(cols).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                dst[j * rows + i] = v;
             }
         }
     });
@@ -138,7 +125,7 @@ fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [f32]) 
 /// rows `first..first + n` as `col [n, K]`, each chunk at most [`CHUNK_FLOATS`] (one row at least).
 fn for_each_im2col_chunk(x: &[f32], g: &ConvGeometry, mut f: impl FnMut(usize, usize, &[f32])) {
     let (k, positions) = (g.row_len(), g.positions());
-    let x_nhwc = to_nhwc(x, g.batch, g.cin, g.input[0] * g.input[1]);
+    let x_nhwc = transpose_each_image(x, g.cin, g.input[0] * g.input[1]);
     let rows = (CHUNK_FLOATS / k.max(1)).max(1);
     let mut col = vec![0.0f32; rows.min(positions) * k];
     for first in (0..positions).step_by(rows) {
@@ -229,7 +216,7 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
             [1, k as isize],
         );
     });
-    to_nchw(&y, g.cout, ho * wo)
+    transpose_each_image(&y, ho * wo, g.cout)
 }
 
 /// Weight gradient: `x [B, Cin, H, W]`, output gradient `[B, Cout, Ho, Wo]` →
@@ -240,7 +227,7 @@ pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
     assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
     assert_eq!(grad.len(), g.positions() * g.cout, "conv2d: output gradient length does not match its geometry");
     let k = g.row_len();
-    let grad_nhwc = to_nhwc(grad, g.batch, g.cout, ho * wo);
+    let grad_nhwc = transpose_each_image(grad, g.cout, ho * wo);
     let mut flat = vec![0.0f32; g.cout * k];
     for_each_im2col_chunk(x, g, |first, n, col| {
         // dW[Cout, K] += Gᵀ[Cout, n] · col[n, K]

@@ -10,7 +10,7 @@
 //! [`ConvKernels::conv2d_weight_gradient`].
 //!
 //! Set `DENSESSL_CONV_KERNELS=burn` to route every convolution through burn's own
-//! implementation instead (for A/B measurements; `bench/compare.sh` documents its use).
+//! implementation instead (for A/B measurements: docs/BENCHMARKS.md, "Attempt 3").
 
 pub mod conv_cpu;
 
@@ -101,6 +101,12 @@ fn cpu_geometry(x: &FloatTensor<Flex>, weight: &FloatTensor<Flex>, options: &Con
     })
 }
 
+/// 1×1, stride-1 convolutions: burn-flex's forward (and so its data gradient) is already one
+/// gemm per image straight from NCHW, faster than the NHWC round trip (docs/BENCHMARKS.md).
+fn burn_is_one_gemm(g: &ConvGeometry) -> bool {
+    g.kernel == [1, 1] && g.stride == [1, 1]
+}
+
 /// The tensor in a contiguous buffer of its own size (no copy when it already is one).
 fn values(tensor: FloatTensor<Flex>) -> FlexTensor {
     tensor.to_contiguous()
@@ -116,13 +122,9 @@ fn from_values(values: Vec<f32>, shape: [usize; 4]) -> FloatTensor<Flex> {
 
 impl ConvKernels for Flex {
     fn conv2d_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
-        let Some(g) = cpu_geometry(&x, &weight, &options) else {
+        let Some(g) = cpu_geometry(&x, &weight, &options).filter(|g| !burn_is_one_gemm(g)) else {
             return Self::conv2d(x, weight, None, options);
         };
-        // burn-flex's own path for 1×1, stride-1 convolutions is already one gemm per image.
-        if g.kernel == [1, 1] && g.stride == [1, 1] {
-            return Self::conv2d(x, weight, None, options);
-        }
         let (x, weight) = (values(x), values(weight));
         let y = conv_cpu::conv2d_forward(as_f32(&x), as_f32(&weight), &g);
         let [ho, wo] = g.output();
@@ -136,7 +138,7 @@ impl ConvKernels for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         let geometry = cpu_geometry(&x, &weight, &options)
-            .filter(|g| g.kernel != [1, 1] && g.data_gradient_as_forward().is_some());
+            .filter(|g| !burn_is_one_gemm(g) && g.data_gradient_as_forward().is_some());
         let Some(g) = geometry else {
             return Self::conv2d_x_backward(x, weight, output_grad, options);
         };
