@@ -14,6 +14,8 @@
 //!
 //! Measured effect and the shapes it was measured on: docs/BENCHMARKS.md (issue 9).
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -82,17 +84,34 @@ impl ConvGeometry {
     }
 }
 
+/// Side of the square tiles [`transpose_each_image`] moves at a time: 32×32 floats read
+/// and written stay within L1, where a plain row-by-row transpose misses on every write.
+const TRANSPOSE_TILE: usize = 32;
+
 /// Transposes every `[rows, cols]` block of `src` (one per image) into `[cols, rows]`:
 /// NCHW → NHWC with `rows = C, cols = H·W`, and back with the two swapped.
 fn transpose_each_image(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; src.len()];
-    out.par_chunks_mut(rows * cols).zip(src.par_chunks(rows * cols)).for_each(|(dst, block)| {
-        for (i, row) in block.chunks_exact(cols).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                dst[j * rows + i] = v;
+    let image = rows * cols;
+    if image == 0 {
+        return Vec::new();
+    }
+    assert_eq!(src.len() % image, 0, "transpose: the buffer is not a whole number of images");
+    let mut out = Vec::with_capacity(src.len());
+    out.spare_capacity_mut()[..src.len()].par_chunks_mut(image).zip(src.par_chunks(image)).for_each(|(dst, block)| {
+        for i0 in (0..rows).step_by(TRANSPOSE_TILE) {
+            for j0 in (0..cols).step_by(TRANSPOSE_TILE) {
+                for i in i0..(i0 + TRANSPOSE_TILE).min(rows) {
+                    let row = &block[i * cols..(i + 1) * cols];
+                    for j in j0..(j0 + TRANSPOSE_TILE).min(cols) {
+                        dst[j * rows + i].write(row[j]);
+                    }
+                }
             }
         }
     });
+    // SAFETY: `src.len()` is a multiple of `image` (each block is a whole image), and the
+    // tiles of every block cover all of its `rows × cols` slots, so every element is written.
+    unsafe { out.set_len(src.len()) };
     out
 }
 
@@ -138,7 +157,7 @@ fn for_each_im2col_chunk(x: &[f32], g: &ConvGeometry, mut f: impl FnMut(usize, u
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with explicit (row, column) strides, on all threads.
 #[allow(clippy::too_many_arguments)]
 fn gemm_f32(
-    [m, n, k]: [usize; 3],
+    dims: [usize; 3],
     dst: &mut [f32],
     dst_strides: [isize; 2],
     accumulate: bool,
@@ -147,19 +166,52 @@ fn gemm_f32(
     rhs: &[f32],
     rhs_strides: [isize; 2],
 ) {
+    // SAFETY: `dst` is a live, exclusively borrowed slice of `dst.len()` floats.
+    unsafe { gemm_raw(dims, dst.as_mut_ptr(), dst.len(), dst_strides, accumulate, [lhs, rhs], [lhs_strides, rhs_strides]) }
+}
+
+/// [`gemm_f32`] writing `dst = lhs · rhs` into memory not yet initialised (gemm does not
+/// read the destination when it does not accumulate), which saves zero-filling it first.
+fn gemm_f32_into(
+    dims: [usize; 3],
+    dst: &mut [MaybeUninit<f32>],
+    dst_strides: [isize; 2],
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+) {
+    // SAFETY: `dst` is a live, exclusively borrowed slice of `dst.len()` slots.
+    unsafe { gemm_raw(dims, dst.as_mut_ptr().cast(), dst.len(), dst_strides, false, [lhs, rhs], [lhs_strides, rhs_strides]) }
+}
+
+/// The one call into `gemm`, after checking that every element it touches is in bounds.
+///
+/// # Safety
+/// `dst` must point to `dst_len` writable floats that alias neither operand, and hold
+/// initialised values when `accumulate` is true.
+unsafe fn gemm_raw(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_len: usize,
+    dst_strides: [isize; 2],
+    accumulate: bool,
+    [lhs, rhs]: [&[f32]; 2],
+    [lhs_strides, rhs_strides]: [[isize; 2]; 2],
+) {
     let last = |[rs, cs]: [isize; 2], rows: usize, cols: usize| {
         (rows.saturating_sub(1) as isize * rs + cols.saturating_sub(1) as isize * cs) as usize
     };
-    assert!(last(dst_strides, m, n) < dst.len().max(1));
+    assert!(last(dst_strides, m, n) < dst_len.max(1));
     assert!(last(lhs_strides, m, k) < lhs.len().max(1) && last(rhs_strides, k, n) < rhs.len().max(1));
-    // SAFETY: the asserts above keep every element gemm touches inside the three slices,
-    // and `dst` is borrowed mutably, so it aliases neither operand.
+    // SAFETY: the asserts above keep every element gemm touches inside the three buffers,
+    // and the caller guarantees `dst` is writable and aliases neither operand.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_strides[1],
             dst_strides[0],
             accumulate,
@@ -196,26 +248,34 @@ fn flatten_kernel(weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
 /// Forward convolution without bias: `x [B, Cin, H, W]`, `weight [Cout, Cin, kh, kw]` →
 /// `[B, Cout, Ho, Wo]`.
 pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
+    conv2d_forward_flat(x, &flatten_kernel(weight, g), g)
+}
+
+/// [`conv2d_forward`] with the kernel already in im2col order, `[Cout, (ky, kx, c)]`.
+fn conv2d_forward_flat(x: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [h, w] = g.input;
     let [ho, wo] = g.output();
     assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
-    assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
     let k = g.row_len();
-    let kernel = flatten_kernel(weight, g);
-    let mut y = vec![0.0f32; g.positions() * g.cout];
+    let len = g.positions() * g.cout;
+    let mut y = Vec::with_capacity(len);
+    let y_slots = &mut y.spare_capacity_mut()[..len];
     for_each_im2col_chunk(x, g, |first, n, col| {
         // Y[first.., Cout] = col[n, K] · kernelᵀ[K, Cout]
-        gemm_f32(
+        gemm_f32_into(
             [n, g.cout, k],
-            &mut y[first * g.cout..(first + n) * g.cout],
+            &mut y_slots[first * g.cout..(first + n) * g.cout],
             [g.cout as isize, 1],
-            false,
             col,
             [k as isize, 1],
-            &kernel,
+            kernel,
             [1, k as isize],
         );
     });
+    // SAFETY: the chunks cover rows `0..positions`, and each gemm call wrote all of its
+    // `n × Cout` block.
+    unsafe { y.set_len(len) };
     transpose_each_image(&y, ho * wo, g.cout)
 }
 
@@ -260,19 +320,20 @@ pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
 /// [`ConvGeometry::data_gradient_as_forward`] is.
 pub fn conv2d_data_gradient(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
     let backward = g.data_gradient_as_forward()?;
-    let [kh, kw] = g.kernel;
-    // flipped[c][o][ky][kx] = weight[o][c][kh−1−ky][kw−1−kx]
+    assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
+    // The flipped, channel-swapped kernel, built straight in im2col order `[Cin, (ky, kx, o)]`:
+    // flipped[c][t′][o] = weight[o][c][t] with tap t′ = taps − 1 − t (both axes reversed).
+    let taps = g.kernel[0] * g.kernel[1];
     let mut flipped = vec![0.0f32; weight.len()];
-    flipped.par_chunks_mut(g.cout * kh * kw).enumerate().for_each(|(c, dst)| {
+    flipped.par_chunks_mut(taps * g.cout).enumerate().for_each(|(c, dst)| {
         for o in 0..g.cout {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    dst[(o * kh + ky) * kw + kx] = weight[((o * g.cin + c) * kh + kh - 1 - ky) * kw + kw - 1 - kx];
-                }
+            let src = &weight[(o * g.cin + c) * taps..][..taps];
+            for (t, &v) in src.iter().enumerate() {
+                dst[(taps - 1 - t) * g.cout + o] = v;
             }
         }
     });
-    let dx = conv2d_forward(grad, &flipped, &backward);
+    let dx = conv2d_forward_flat(grad, &flipped, &backward);
     debug_assert_eq!(backward.output(), g.input);
     Some(dx)
 }
