@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use densessl::device::DeviceSpec;
 use densessl::experiment::plan::{Plan, is_done};
-use densessl::experiment::runner::{RunnerOptions, run as run_plan};
+use densessl::experiment::runner::{ChildCommand, RunnerOptions, run as run_plan};
 use densessl::experiment::{ExperimentSpec, report, slurm};
 
 /// Arguments of `densessl experiment`.
@@ -33,6 +33,10 @@ pub struct ExperimentArgs {
     /// Compute device: cpu, vulkan[:N] or cuda[:N] (the latter two need the matching Cargo feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Runs trained at once, each in its own process with an equal share of the cores. Small
+    /// models leave cores idle: on 2 cores, `--jobs 2` trains the mini grids about 1.7× faster.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
 }
 
 const EXPERIMENT_HELP: &str = "\
@@ -52,7 +56,7 @@ Experiment file:
 Each run's id is a hash of its resolved config: finished runs (summary.json) are skipped, a
 killed grid resumes where it stopped, and a run shared by several rows is done once. Output:
 OUT/pretrain/<id>/, OUT/finetune/<id>/, OUT/results.md, results.json, pretrain_loss.png,
-miou_<head>.png.";
+miou_<head>.png; with --jobs N, each run's output goes to OUT/logs/<id>.log.";
 
 /// Runs `densessl experiment`.
 pub fn run(args: ExperimentArgs) -> Result<()> {
@@ -74,30 +78,42 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         return Ok(());
     }
     if args.dry_run {
-        let (mut left, mut count) = (0.0, 0);
+        let mut count = 0;
         println!("{:<60} {:>10} {:>10}", "run", "estimate", "status");
-        let rows = plan
-            .pretrain
-            .iter()
-            .map(|j| (j.id.clone(), j.estimate_s, plan.pretrain_dir(&j.id)))
-            .chain(plan.finetune.iter().map(|j| (j.id.clone(), j.estimate_s, plan.finetune_dir(&j.id))));
-        for (id, estimate, dir) in rows {
-            let done = is_done(&dir);
-            if !done {
-                left += estimate;
-                count += 1;
-            }
-            println!("{id:<60} {:>9.0}s {:>10}", estimate, if done { "finished" } else { "to run" });
+        for run in plan.scheduled() {
+            let done = is_done(&run.dir);
+            count += usize::from(!done);
+            println!("{:<60} {:>9.0}s {:>10}", run.id, run.estimate_s, if done { "finished" } else { "to run" });
         }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         println!(
-            "{} runs, {count} to run, about {:.0} min left (rough: rates measured on a 2-core CPU with the mini configs)",
+            "{} runs, {count} to run, about {:.0} min left with --jobs {} on {cores} cores (rough: rates measured on a 2-core CPU with the mini configs)",
             plan.pretrain.len() + plan.finetune.len(),
-            left / 60.0
+            plan.estimate_wall_s(args.jobs as usize, cores) / 60.0,
+            args.jobs,
         );
         return Ok(());
     }
     if !args.report {
-        let options = RunnerOptions { device: DeviceSpec::parse(&args.device)?, argv: crate::argv(), only: args.only.clone() };
+        // A child trains one run: this same command, pinned to the plan's output directory.
+        let child = ChildCommand {
+            program: std::env::current_exe()?,
+            args: vec![
+                "experiment".into(),
+                args.file.display().to_string(),
+                "--out".into(),
+                plan.out.display().to_string(),
+                "--device".into(),
+                args.device.clone(),
+            ],
+        };
+        let options = RunnerOptions {
+            device: DeviceSpec::parse(&args.device)?,
+            argv: crate::argv(),
+            only: args.only.clone(),
+            jobs: args.jobs as usize,
+            child: Some(child),
+        };
         let counts = run_plan(&plan, &options)?;
         eprintln!("{} runs trained, {} already finished", counts.ran, counts.skipped);
         if args.only.is_some() {

@@ -304,12 +304,9 @@ fn protocol_seeds_predict_and_eval_of_saved_predictions_agree() {
     assert!(!o.status.success() && stderr(&o).contains("val_000002.png"), "{}", stderr(&o));
 }
 
-/// A tiny grid end to end: RandomInit and MoCo v2 rows, a MoCo v2 → DenseCL continuation,
-/// two seeds; then a re-run skips everything, a run killed half-way (no summary.json) is
-/// redone alone, and `--emit slurm` writes stages in dependency order.
-#[test]
-fn experiment_grid_runs_reports_resumes_and_emits_slurm() {
-    let dir = temp_dir("experiment");
+/// Writes a tiny grid into `dir` (RandomInit and MoCo v2 rows, a MoCo v2 → DenseCL
+/// continuation, two seeds: 8 runs) and returns the experiment file.
+fn tiny_experiment(dir: &Path) -> PathBuf {
     let pretrain = |method: &str, extra: &str| {
         let text = format!(
             "[data]\nsource = \"procedural\"\nsize = 32\ntrain = 16\n[encoder]\nbase_width = 4\noutput_stride = 8\n\
@@ -338,6 +335,16 @@ fn experiment_grid_runs_reports_resumes_and_emits_slurm() {
         ),
     )
     .unwrap();
+    experiment
+}
+
+/// A tiny grid end to end: RandomInit and MoCo v2 rows, a MoCo v2 → DenseCL continuation,
+/// two seeds; then a re-run skips everything, a run killed half-way (no summary.json) is
+/// redone alone, and `--emit slurm` writes stages in dependency order.
+#[test]
+fn experiment_grid_runs_reports_resumes_and_emits_slurm() {
+    let dir = temp_dir("experiment");
+    let experiment = tiny_experiment(&dir);
     let file = experiment.to_str().unwrap();
 
     let o = densessl(&["experiment", file, "--dry-run"]);
@@ -388,6 +395,50 @@ fn experiment_grid_runs_reports_resumes_and_emits_slurm() {
     let submit = stage("submit.sh");
     assert!(submit.contains("--array=0-5") && submit.contains("afterok") && submit.contains("collect.sh"), "{submit}");
     assert!(stage("task.sh").contains("--only \"$id\""));
+}
+
+/// `--jobs 2` trains the same grid in child processes, parents before children, to the same
+/// mIoUs as one run after another; a child that fails is named with its log, no new run starts
+/// after it, the run beside it still finishes, and nothing finished is lost.
+#[test]
+fn experiment_jobs_train_in_children_like_one_by_one() {
+    let dir = temp_dir("experiment-jobs");
+    let experiment = tiny_experiment(&dir);
+    let file = experiment.to_str().unwrap();
+    let out = |name: &str| dir.join(name).display().to_string();
+    let miou = |name: &str| {
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("results.json")).unwrap()).unwrap();
+        json["rows"].as_array().unwrap().iter().map(|r| (r["label"].to_string(), r["seeds"].to_string())).collect::<Vec<_>>()
+    };
+
+    let o = densessl(&["experiment", file, "--out", &out("serial")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = densessl(&["experiment", file, "--out", &out("jobs"), "--jobs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("8 runs trained, 0 already finished"), "{}", stderr(&o));
+    assert_eq!(miou("serial"), miou("jobs"));
+    assert_eq!(std::fs::read_dir(dir.join("jobs").join("logs")).unwrap().count(), 8);
+
+    // Break MoCo v2's encoder after its pre-training: the continuation, first in plan order,
+    // fails; RandomInit's first fine-tune, started beside it, still finishes.
+    let o = densessl(&["experiment", file, "--dry-run", "--out", &out("broken")]);
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let moco = listing.split_whitespace().find(|w| w.starts_with("pt-moco-v2-")).unwrap().to_string();
+    let o = densessl(&["experiment", file, "--out", &out("broken"), "--only", &moco]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let encoder = dir.join("broken").join("pretrain").join(&moco).join("checkpoints").join("encoder.safetensors");
+    std::fs::write(&encoder, b"not a checkpoint").unwrap();
+    let o = densessl(&["experiment", file, "--out", &out("broken"), "--jobs", "2"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("pt-densecl-1-") && stderr(&o).contains("FAILED") && stderr(&o).contains(".log"), "{}", stderr(&o));
+    let finished: Vec<String> = std::fs::read_dir(dir.join("broken").join("finetune"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("summary.json").exists())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(finished.len() == 1 && finished[0].starts_with("ft-RandomInit"), "{finished:?}");
+    assert!(dir.join("broken").join("pretrain").join(&moco).join("summary.json").exists());
 }
 
 #[test]

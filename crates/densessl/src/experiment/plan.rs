@@ -83,21 +83,42 @@ pub struct Plan {
 }
 
 /// Images per second of a pre-training step at 64 px views on the reference machine (2-core
-/// AMD EPYC, ResNet-18 of width 16), measured with the mini configs: a rough guide for
-/// `--dry-run`, scaled by view area.
+/// AMD EPYC of family 26 with AVX-512, ResNet-18 of width 16, the mini configs at 48 px, 50
+/// steps including start-up; docs/RESULTS.md): a rough guide for `--dry-run`, scaled by view area.
 fn pretrain_images_per_s(method: &str) -> f64 {
     match method {
-        "moco-v1" | "moco-v2" | "simclr" => 80.0,
-        "rotation" => 40.0,
-        "byol" | "simsiam" | "edmoco" => 35.0,
-        "plr" | "plmoco" | "pledmoco" | "densecl" => 27.0,
-        "pixpro" => 15.0,
-        _ => 30.0,
+        "moco-v1" | "edmoco" => 270.0,
+        "moco-v2" | "densecl" => 240.0,
+        "simclr" | "plr" | "plmoco" => 210.0,
+        "simsiam" | "pledmoco" => 190.0,
+        "byol" => 145.0,
+        "pixpro" => 125.0,
+        "rotation" => 115.0,
+        _ => 150.0,
     }
 }
 
-/// Fine-tuning images per second at 64 px crops on the reference machine.
-const FINETUNE_IMAGES_PER_S: f64 = 65.0;
+/// Fine-tuning images per second at 64 px crops on the reference machine (MoCo-FCN head).
+const FINETUNE_IMAGES_PER_S: f64 = 110.0;
+
+/// How much slower each run gets when `jobs` runs share `cores` cores (measured with two mini
+/// runs on two cores: each 1.2× slower than alone, so 1.7× the throughput).
+fn contention(jobs: usize, cores: usize) -> f64 {
+    if jobs <= 1 { 1.0 } else { 1.2 * (jobs as f64 / cores.max(1) as f64).max(1.0) }
+}
+
+/// One run of a plan, as the runner schedules it.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// Run id.
+    pub id: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Rough seconds alone on the reference machine.
+    pub estimate_s: f64,
+    /// The pre-training it starts from, which must finish first.
+    pub needs: Option<String>,
+}
 
 fn short_hash(text: &str) -> String {
     format!("{:08x}", stable_hash(text) >> 32)
@@ -207,6 +228,51 @@ impl Plan {
             }
         }
         rows
+    }
+
+    /// Every run in plan order (pre-trainings, parents first, then fine-tunes).
+    pub fn scheduled(&self) -> Vec<Scheduled> {
+        let pretrain = self.pretrain.iter().map(|j| Scheduled {
+            id: j.id.clone(),
+            dir: self.pretrain_dir(&j.id),
+            estimate_s: j.estimate_s,
+            needs: j.parent.clone(),
+        });
+        let finetune = self.finetune.iter().map(|j| Scheduled {
+            id: j.id.clone(),
+            dir: self.finetune_dir(&j.id),
+            estimate_s: j.estimate_s,
+            needs: j.pretrain.clone(),
+        });
+        pretrain.chain(finetune).collect()
+    }
+
+    /// Rough wall seconds for the unfinished runs when `jobs` run at once on `cores` cores: the
+    /// runner's schedule (plan order, a run starts once its pre-training has finished) simulated
+    /// with the estimates.
+    pub fn estimate_wall_s(&self, jobs: usize, cores: usize) -> f64 {
+        let slow = contention(jobs, cores);
+        let mut waiting: Vec<Scheduled> = self.scheduled().into_iter().filter(|r| !is_done(&r.dir)).collect();
+        let pending: Vec<String> = waiting.iter().map(|r| r.id.clone()).collect();
+        let mut finished_at: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
+        let mut slots = vec![0.0_f64; jobs.max(1)];
+        while !waiting.is_empty() {
+            let slot = (0..slots.len()).min_by(|&a, &b| slots[a].total_cmp(&slots[b])).expect("one slot");
+            // When each waiting run could start: once its parent (if still to run) has finished.
+            let ready = |r: &Scheduled| r.needs.as_ref().map_or(Some(0.0), |p| {
+                if pending.contains(p) { finished_at.get(p).copied() } else { Some(0.0) }
+            });
+            let times: Vec<Option<f64>> = waiting.iter().map(ready).collect();
+            // The first run startable now, else the one startable soonest.
+            let now = times.iter().position(|t| t.is_some_and(|t| t <= slots[slot]));
+            let soonest = || (0..times.len()).filter(|&i| times[i].is_some()).min_by(|&a, &b| times[a].unwrap().total_cmp(&times[b].unwrap()));
+            let Some(index) = now.or_else(soonest) else { break };
+            let start = slots[slot].max(times[index].unwrap_or(0.0));
+            let run = waiting.remove(index);
+            slots[slot] = start + run.estimate_s * slow;
+            finished_at.insert(run.id, slots[slot]);
+        }
+        slots.into_iter().fold(0.0, f64::max)
     }
 
     /// Every run id, pre-trainings (parents first) then fine-tunes.
