@@ -247,12 +247,29 @@ impl Plan {
         pretrain.chain(finetune).collect()
     }
 
+    /// Every run in the order parallel jobs take them up: the most work first, counting what a
+    /// pre-training unlocks (its own estimate plus all its descendants'), so that a long
+    /// pre-training that many fine-tunes wait on starts early; plan order among equals.
+    pub fn start_order(&self) -> Vec<Scheduled> {
+        let runs = self.scheduled();
+        // Children come after their parents in plan order, so one backward pass sums subtrees.
+        let mut weight: Vec<f64> = runs.iter().map(|r| r.estimate_s).collect();
+        for child in (0..runs.len()).rev() {
+            if let Some(parent) = runs[child].needs.as_ref().and_then(|p| runs.iter().position(|r| &r.id == p)) {
+                weight[parent] += weight[child];
+            }
+        }
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by(|&a, &b| weight[b].total_cmp(&weight[a]));
+        order.into_iter().map(|i| runs[i].clone()).collect()
+    }
+
     /// Rough wall seconds for the unfinished runs when `jobs` run at once on `cores` cores: the
-    /// runner's schedule (plan order, a run starts once its pre-training has finished) simulated
-    /// with the estimates.
+    /// runner's schedule ([`Plan::start_order`], a run starts once its pre-training has
+    /// finished) simulated with the estimates.
     pub fn estimate_wall_s(&self, jobs: usize, cores: usize) -> f64 {
         let slow = contention(jobs, cores);
-        let mut waiting: Vec<Scheduled> = self.scheduled().into_iter().filter(|r| !is_done(&r.dir)).collect();
+        let mut waiting: Vec<Scheduled> = self.start_order().into_iter().filter(|r| !is_done(&r.dir)).collect();
         let pending: Vec<String> = waiting.iter().map(|r| r.id.clone()).collect();
         let mut finished_at: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
         let mut slots = vec![0.0_f64; jobs.max(1)];

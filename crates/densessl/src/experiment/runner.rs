@@ -124,15 +124,17 @@ struct Running {
 }
 
 /// Runs the unfinished runs `jobs` at a time, each as `child --only ID` with its output in
-/// `OUT/logs/ID.log`; the cores are shared out through `RAYON_NUM_THREADS`. A run starts once
-/// its pre-training has finished. After a failure no new run starts, the running ones finish,
+/// `OUT/logs/ID.log`; the cores are shared out through `RAYON_NUM_THREADS`. Runs start in
+/// [`Plan::start_order`], each once its pre-training has finished. After a failure no new run starts, the running ones finish,
 /// and the first failure is returned.
 fn run_in_children(plan: &Plan, jobs: usize, command: &ChildCommand) -> Result<RunCounts> {
-    let scheduled = plan.scheduled();
-    let total = scheduled.len();
+    let ids = plan.run_ids();
+    let total = ids.len();
     let mut counts = RunCounts::default();
     let mut waiting: Vec<(usize, Scheduled)> = Vec::new();
-    for (index, run) in scheduled.into_iter().enumerate() {
+    for run in plan.start_order() {
+        // Numbered as in plan order, like the one-by-one path and --dry-run.
+        let index = ids.iter().position(|id| id == &run.id).expect("a run of the plan");
         if is_done(&run.dir) {
             counts.skipped += 1;
         } else {
