@@ -1,4 +1,5 @@
-//! Faster operations plugged into burn through its backend-extension mechanism (issue 9).
+//! Faster operations plugged into burn through its backend-extension mechanism (issue 9):
+//! convolutions here, training-mode batch norm in [`batch_norm`].
 //!
 //! [`ConvKernels`] is a backend extension: a bias-free 2-D convolution whose forward pass and
 //! both gradients a backend may replace. On burn-flex (the CPU backend) the ResNet encoder's
@@ -12,6 +13,8 @@
 //! Set `DENSESSL_CONV_KERNELS=burn` to route every convolution through burn's own
 //! implementation instead (for A/B measurements: docs/BENCHMARKS.md, "Attempt 3").
 
+pub mod batch_norm;
+pub mod batch_norm_cpu;
 pub mod conv_cpu;
 
 use std::sync::OnceLock;

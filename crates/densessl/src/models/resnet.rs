@@ -12,6 +12,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::conv2d_module;
+use crate::kernels::batch_norm::batch_norm_module;
 
 /// Configuration of a ResNet encoder.
 #[derive(Config, Debug, PartialEq)]
@@ -231,13 +232,13 @@ impl Block {
     /// `[B, Cin, H, W]` → `[B, Cout, H/s, W/s]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(conv2d_module(&d.conv, x.clone())),
+            Some(d) => batch_norm_module(&d.bn, conv2d_module(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(conv2d_module(&self.conv1, x)));
-        let out = self.bn2.forward(conv2d_module(&self.conv2, out));
+        let out = relu(batch_norm_module(&self.bn1, conv2d_module(&self.conv1, x)));
+        let out = batch_norm_module(&self.bn2, conv2d_module(&self.conv2, out));
         let out = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => bn3.forward(conv2d_module(conv3, relu(out))),
+            (Some(conv3), Some(bn3)) => batch_norm_module(bn3, conv2d_module(conv3, relu(out))),
             _ => out,
         };
         relu(out + identity)
@@ -252,7 +253,7 @@ impl ResNet {
     /// # Shapes
     /// `[B, 3, H, W]` → C2 `[B, C2, H/4, W/4]` … C5 `[B, C5, H/os, W/os]`
     pub fn forward(&self, x: Tensor<4>) -> Features {
-        let x = relu(self.bn1.forward(conv2d_module(&self.conv1, x)));
+        let x = relu(batch_norm_module(&self.bn1, conv2d_module(&self.conv1, x)));
         let x = self.maxpool.forward(x);
         let c2 = run(&self.layer1, x);
         let c3 = run(&self.layer2, c2.clone());

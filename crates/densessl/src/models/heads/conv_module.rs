@@ -8,6 +8,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::conv2d_module;
+use crate::kernels::batch_norm::batch_norm_module;
 
 /// mmcv `kaiming_init(conv, mode="fan_out", nonlinearity="relu")`, what ConvModule uses.
 pub(crate) fn kaiming_fan_out() -> Initializer {
@@ -52,7 +53,7 @@ impl ConvModule {
     /// # Shapes
     /// `[B, cin, h, w]` → `[B, cout, h, w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.bn.forward(conv2d_module(&self.conv, x));
+        let y = batch_norm_module(&self.bn, conv2d_module(&self.conv, x));
         if self.relu { relu(y) } else { y }
     }
 }

@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::channel_dropout::ChannelDropout;
 use crate::kernels::conv2d_module;
+use crate::kernels::batch_norm::batch_norm_module;
 use super::HeadConfig;
 use crate::models::resnet::Features;
 
@@ -59,8 +60,8 @@ impl MocoFcnHead {
     /// # Shapes
     /// C5 `[B, Cin, h, w]` → `[B, channels, h, w]`
     pub fn decode(&self, features: &Features) -> Tensor<4> {
-        let x = relu(self.bn1.forward(conv2d_module(&self.conv1, features.c5.clone())));
-        relu(self.bn2.forward(conv2d_module(&self.conv2, x)))
+        let x = relu(batch_norm_module(&self.bn1, conv2d_module(&self.conv1, features.c5.clone())));
+        relu(batch_norm_module(&self.bn2, conv2d_module(&self.conv2, x)))
     }
 
     /// # Shapes

@@ -1,0 +1,203 @@
+//! Training-mode batch normalisation as a backend extension (issue 9, attempt 5).
+//!
+//! [`BatchNormKernels`] mirrors burn's `batch_norm_train` and its backward operation. On
+//! burn-flex, contiguous `f32` activations go through [`batch_norm_cpu`](super::batch_norm_cpu),
+//! which reads each channel where it lies instead of through transposed copies; every other
+//! backend and case keeps burn's own operations (the trait's default bodies). The autodiff
+//! implementation records one node, as burn's does, whose backward pass calls the inner
+//! backend's [`BatchNormKernels::batch_norm_gradients`].
+//!
+//! Set `DENSESSL_BN_KERNELS=burn` to use burn's batch norm everywhere (A/B measurements).
+
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::nn::BatchNorm;
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::batch_norm_cpu::{self, Planes};
+
+/// Training-mode batch normalisation whose forward pass and gradients a backend may replace.
+///
+/// Shapes: `x` and the output `[N, C, ...]`; `gamma`, `beta`, mean and (biased) variance `[C]`.
+#[backend_extension(Flex, Autodiff, Cube: cfg(any(feature = "vulkan", feature = "cuda")))]
+pub trait BatchNormKernels: Backend {
+    /// `(output, mean, variance)` from the batch statistics.
+    fn batch_norm_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let result = Self::batch_norm_train(x, gamma, beta, epsilon);
+        (result.output, result.mean, result.variance)
+    }
+
+    /// `(x_grad, gamma_grad, beta_grad)` given the output gradient and the forward's statistics.
+    fn batch_norm_gradients(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let result = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
+        (result.x_grad, result.gamma_grad, result.beta_grad)
+    }
+}
+
+#[cfg(any(feature = "vulkan", feature = "cuda"))]
+impl BatchNormKernels for burn::backend::Cube {}
+
+/// Whether `DENSESSL_BN_KERNELS=burn` asked for burn's own batch norm.
+fn use_burn_batch_norm() -> bool {
+    static BURN: OnceLock<bool> = OnceLock::new();
+    *BURN.get_or_init(|| std::env::var("DENSESSL_BN_KERNELS").is_ok_and(|v| v == "burn"))
+}
+
+/// The `[N, C, S]` sizes when the CPU kernels cover these tensors, else `None`.
+fn cpu_planes(tensors: &[&FloatTensor<Flex>]) -> Option<Planes> {
+    if use_burn_batch_norm() || tensors.iter().any(|t| t.dtype() != DType::F32) {
+        return None;
+    }
+    let shape = tensors[0].shape();
+    if shape.num_dims() < 2 || shape[1] == 0 {
+        return None;
+    }
+    Some(Planes { batch: shape[0], channels: shape[1], plane: shape.num_elements() / (shape[0] * shape[1]).max(1) })
+}
+
+fn values(tensor: FloatTensor<Flex>) -> (FlexTensor, Vec<usize>) {
+    let dims = tensor.shape().to_vec();
+    (tensor.to_contiguous(), dims)
+}
+
+fn tensor(values: Vec<f32>, dims: Vec<usize>) -> FloatTensor<Flex> {
+    FlexTensor::from_data(TensorData::new(values, dims))
+}
+
+impl BatchNormKernels for Flex {
+    fn batch_norm_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let Some(p) = cpu_planes(&[&x, &gamma, &beta]) else {
+            let result = Self::batch_norm_train(x, gamma, beta, epsilon);
+            return (result.output, result.mean, result.variance);
+        };
+        let ((x, dims), (gamma, _), (beta, _)) = (values(x), values(gamma), values(beta));
+        let (y, mean, var) = batch_norm_cpu::forward(x.storage(), gamma.storage(), beta.storage(), epsilon, p);
+        (tensor(y, dims), tensor(mean, vec![p.channels]), tensor(var, vec![p.channels]))
+    }
+
+    fn batch_norm_gradients(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let Some(p) = cpu_planes(&[&x, &gamma, &mean, &variance, &output_grad]) else {
+            let result = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
+            return (result.x_grad, result.gamma_grad, result.beta_grad);
+        };
+        let ((x, dims), (gamma, _), (mean, _), (variance, _), (dy, _)) =
+            (values(x), values(gamma), values(mean), values(variance), values(output_grad));
+        let (dx, dgamma, dbeta) =
+            batch_norm_cpu::backward(x.storage(), gamma.storage(), mean.storage(), variance.storage(), epsilon, dy.storage(), p);
+        (tensor(dx, dims), tensor(dgamma, vec![p.channels]), tensor(dbeta, vec![p.channels]))
+    }
+}
+
+impl<B: Backend + BatchNormKernels, C: CheckpointStrategy> BatchNormKernels for Autodiff<B, C> {
+    fn batch_norm_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        #[derive(Debug)]
+        struct BatchNormBatchStats;
+
+        impl<B: Backend + BatchNormKernels> Backward<B, 3> for BatchNormBatchStats {
+            // The input and gamma are checkpointed; the statistics are kept as computed.
+            type State = (NodeId, NodeId, B::FloatTensorPrimitive, B::FloatTensorPrimitive, f64);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, gamma_state, mean, variance, epsilon) = ops.state;
+                let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+                let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+                let (dx, dgamma, dbeta) = B::batch_norm_gradients(x, gamma, mean, variance, epsilon, grad);
+                for (node, gradient) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, gradient);
+                    }
+                }
+            }
+        }
+
+        let untracked = |t| FloatTensor::<Self>::new(t);
+        match BatchNormBatchStats.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let gamma_state = prep.checkpoint(&gamma);
+                let (y, mean, variance) =
+                    B::batch_norm_batch_stats(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                let output = prep.finish((x_state, gamma_state, mean.clone(), variance.clone(), epsilon), y);
+                (output, untracked(mean), untracked(variance))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, variance) =
+                    B::batch_norm_batch_stats(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                (prep.finish(y), untracked(mean), untracked(variance))
+            }
+        }
+    }
+}
+
+/// Training-mode batch norm through [`BatchNormKernels`]: `(output, mean, variance)`.
+pub fn batch_norm_batch_stats<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    let (y, mean, variance) = <Dispatch as BatchNormKernels>::batch_norm_batch_stats(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    );
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(mean), Tensor::from_dispatch(variance))
+}
+
+/// A burn [`BatchNorm`] module's forward pass, with its training path (batch statistics,
+/// running-statistics update exactly as burn's) through [`BatchNormKernels`]. Inference and
+/// frozen layers take burn's module as they are.
+pub fn batch_norm_module<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        return bn.forward(x);
+    }
+    let device = x.device();
+    let (output, mean, variance) = batch_norm_batch_stats(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    let blend = |running: Tensor<1>, batch: Tensor<1>| {
+        running.to_device(&device).mul_scalar(1.0 - bn.momentum).add(batch.detach().mul_scalar(bn.momentum)).detach()
+    };
+    bn.running_mean.update(blend(bn.running_mean.value_sync(), mean));
+    bn.running_var.update(blend(bn.running_var.value_sync(), variance));
+    output
+}

@@ -1,0 +1,136 @@
+//! The training-mode batch-norm kernels (`densessl::kernels::batch_norm`) against burn's own
+//! `batch_norm_train`, which `train_step.rs` and `seg_step.rs` tie to PyTorch: output,
+//! statistics and the three gradients through autodiff; the module path's running
+//! statistics; a hand-checked case of the slice functions; random shapes.
+
+use burn::nn::{BatchNorm, BatchNormConfig};
+use burn::tensor::module::batch_norm_train;
+use burn::tensor::{Device, Distribution, Tensor};
+use densessl::kernels::batch_norm::{batch_norm_batch_stats, batch_norm_module};
+use densessl::kernels::batch_norm_cpu::{self, Planes};
+use proptest::prelude::*;
+
+/// Float32 sums over up to a few thousand values in another order (and in `f64` here),
+/// relative to the largest value.
+const TOLERANCE: f32 = 2e-5;
+
+fn max_relative_difference(got: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(got.len(), expected.len());
+    let scale = expected.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+    got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Output, mean, variance and the gradients of `loss = Σ bn(x) ⊙ r` for x, gamma and beta,
+/// through the kernels and through burn; returns the six largest differences.
+fn compare(dims: [usize; 4]) -> [f32; 6] {
+    let device = Device::flex().autodiff();
+    let channels = dims[1];
+    // An offset mean and a wide spread: the statistics must not lose the small deviations.
+    let x = Tensor::<4>::random(dims, Distribution::Normal(3.0, 2.0), &device);
+    let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.5), &device);
+    let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.5), &device);
+    let r = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+    let run = |ours: bool| {
+        let (x, gamma, beta) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+        let (y, mean, variance) = if ours {
+            batch_norm_batch_stats(x.clone(), gamma.clone(), beta.clone(), 1e-5)
+        } else {
+            let result = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+            (result.output, result.mean, result.variance)
+        };
+        assert_eq!(y.dims(), dims);
+        let grads = (y.clone() * r.clone()).sum().backward();
+        let grad = |t: &Tensor<1>| values(t.grad(&grads).unwrap());
+        [values(y), values(mean), values(variance), values(x.grad(&grads).unwrap()), grad(&gamma), grad(&beta)]
+    };
+    let (ours, burn) = (run(true), run(false));
+    std::array::from_fn(|i| max_relative_difference(&ours[i], &burn[i]))
+}
+
+const NAMES: [&str; 6] = ["output", "mean", "variance", "x gradient", "gamma gradient", "beta gradient"];
+
+fn assert_matches_burn(dims: [usize; 4]) {
+    let differences = compare(dims);
+    for (name, d) in NAMES.iter().zip(differences) {
+        assert!(d < TOLERANCE, "{dims:?}: {name} differs by {d:.1e} (tolerance {TOLERANCE:.0e})");
+    }
+}
+
+#[test]
+fn resnet_shapes_match_burn() {
+    for dims in [
+        [8, 16, 24, 24], // a stem's output: planes longer than the 8 lanes
+        [4, 64, 6, 6],   // deep layers
+        [16, 128, 1, 1], // a 1×1 map: one value per image and channel
+        [1, 8, 5, 7],    // one image, odd sides (lane remainders)
+        [2, 3, 3, 3],
+    ] {
+        assert_matches_burn(dims);
+    }
+}
+
+/// The module path updates the running statistics as burn's `BatchNorm::forward` does, and
+/// returns the same output; without autodiff it normalises with the running statistics.
+#[test]
+fn module_path_keeps_running_statistics_like_burn() {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<4>::random([4, 6, 5, 5], Distribution::Normal(1.0, 2.0), &device);
+    let ours: BatchNorm = BatchNormConfig::new(6).with_momentum(0.3).init(&device);
+    let burns = ours.clone();
+    for _ in 0..2 {
+        let (a, b) = (batch_norm_module(&ours, x.clone()), burns.forward(x.clone()));
+        assert!(max_relative_difference(&values(a), &values(b)) < TOLERANCE);
+    }
+    let running = |bn: &BatchNorm| (values(bn.running_mean.value()), values(bn.running_var.value()));
+    let ((mean_a, var_a), (mean_b, var_b)) = (running(&ours), running(&burns));
+    assert!(max_relative_difference(&mean_a, &mean_b) < TOLERANCE, "{mean_a:?} vs {mean_b:?}");
+    assert!(max_relative_difference(&var_a, &var_b) < TOLERANCE, "{var_a:?} vs {var_b:?}");
+    // Two updates from zero mean with momentum 0.3 moved the running mean towards 1.
+    assert!(mean_a.iter().all(|&m| m > 0.2), "{mean_a:?}");
+
+    // Without autodiff, the running statistics (mean 0, variance 1 when fresh) normalise.
+    let inference = Device::flex();
+    let fresh: BatchNorm = BatchNormConfig::new(6).init(&inference);
+    let x = Tensor::<4>::random([4, 6, 5, 5], Distribution::Normal(1.0, 2.0), &inference);
+    let expected = x.clone().div_scalar((1.0f32 + 1e-5).sqrt());
+    let y = batch_norm_module(&fresh, x);
+    assert!(max_relative_difference(&values(y), &values(expected)) < 1e-6);
+    assert_eq!(values(fresh.running_mean.value()), vec![0.0; 6]);
+}
+
+#[test]
+fn slice_functions_by_hand() {
+    // One channel, two images of two values: 1, 3 | 5, 7 → mean 4, variance 5.
+    let p = Planes { batch: 2, channels: 1, plane: 2 };
+    let x = [1.0, 3.0, 5.0, 7.0];
+    let (y, mean, variance) = batch_norm_cpu::forward(&x, &[2.0], &[1.0], 0.0, p);
+    assert_eq!((mean[0], variance[0]), (4.0, 5.0));
+    let s = 1.0 / 5.0f32.sqrt();
+    for (got, v) in y.iter().zip(x) {
+        assert!((got - (2.0 * (v - 4.0) * s + 1.0)).abs() < 1e-6);
+    }
+    // A constant output gradient moves the mean only, which normalisation undoes: dx = 0.
+    let (dx, dgamma, dbeta) = batch_norm_cpu::backward(&x, &[2.0], &mean, &variance, 0.0, &[1.0; 4], p);
+    assert!(dx.iter().all(|d| d.abs() < 1e-6), "{dx:?}");
+    assert_eq!(dbeta, vec![4.0]);
+    assert!(dgamma[0].abs() < 1e-6);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_shapes_match_burn(batch in 1usize..5, channels in 1usize..10, h in 1usize..12, w in 1usize..12) {
+        // With two values per channel the output is ±gamma + beta whatever x is: the x
+        // gradient is zero up to rounding, and a relative comparison measures only that.
+        prop_assume!(batch * h * w > 2);
+        let differences = compare([batch, channels, h, w]);
+        for (name, d) in NAMES.iter().zip(differences) {
+            prop_assert!(d < TOLERANCE, "{:?}: {} differs by {:.1e}", [batch, channels, h, w], name, d);
+        }
+    }
+}
