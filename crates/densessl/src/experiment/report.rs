@@ -24,13 +24,15 @@ pub struct RowResult {
     pub miou: (f64, f64),
 }
 
-/// The gap of a row to the MoCo v2 row with the same head (and length, if there is one).
+/// The gap of a row to its reference MoCo v2 row (same head): see [`gap_to_moco_v2`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gap {
-    /// Row mean − MoCo v2 mean.
+    /// Row mean − reference mean.
     pub delta: f64,
     /// Twice the larger of the two seed standard deviations.
     pub twice_spread: f64,
+    /// The reference's pre-training steps.
+    pub reference_steps: usize,
 }
 
 impl Gap {
@@ -67,7 +69,10 @@ pub fn collect(plan: &Plan) -> Result<Vec<RowResult>> {
     Ok(results)
 }
 
-/// The gap of `result` to the MoCo v2 row with the same head (same length preferred).
+/// The gap of `result` to a MoCo v2 row with the same head and protocol: a continuation's
+/// own parent when that is a MoCo v2 row of the table; else MoCo v2 at the same length; else
+/// the longest MoCo v2 (so RandomInit meets the table's yardstick). MoCo v2's own rows have
+/// none.
 pub fn gap_to_moco_v2(result: &RowResult, all: &[RowResult]) -> Option<Gap> {
     let candidates = || {
         all.iter().filter(|r| {
@@ -78,11 +83,27 @@ pub fn gap_to_moco_v2(result: &RowResult, all: &[RowResult]) -> Option<Gap> {
                 && !r.seeds.is_empty()
         })
     };
-    let reference = candidates().find(|r| r.row.steps == result.row.steps).or_else(|| candidates().next())?;
-    if reference.row == result.row || result.seeds.is_empty() {
+    let parent = result.row.parent.as_ref().and_then(|(method, steps)| candidates().find(|r| &r.row.method == method && r.row.steps == *steps));
+    let same_length = || (result.row.parent.is_none()).then(|| candidates().find(|r| r.row.steps == result.row.steps)).flatten();
+    let longest = || candidates().max_by_key(|r| r.row.steps);
+    let reference = parent.or_else(same_length).or_else(longest)?;
+    if (result.row.method == "moco-v2" && result.row.parent.is_none()) || result.seeds.is_empty() {
         return None;
     }
-    Some(Gap { delta: result.miou.0 - reference.miou.0, twice_spread: 2.0 * result.miou.1.max(reference.miou.1) })
+    Some(Gap {
+        delta: result.miou.0 - reference.miou.0,
+        twice_spread: 2.0 * result.miou.1.max(reference.miou.1),
+        reference_steps: reference.row.steps,
+    })
+}
+
+/// A row's name with its length: `RandomInit`, `moco-v2 4000`, `moco-v2 → densecl +400`.
+pub fn label_with_steps(row: &Row) -> String {
+    match (&row.parent, row.method.as_str()) {
+        (_, "random") => row.label(),
+        (Some(_), _) => format!("{} +{}", row.label(), row.steps),
+        (None, _) => format!("{} {}", row.label(), row.steps),
+    }
 }
 
 fn note(result: &RowResult, all: &[RowResult]) -> String {
@@ -98,7 +119,7 @@ fn note(result: &RowResult, all: &[RowResult]) -> String {
     }
     if let Some(gap) = gap_to_moco_v2(result, all) {
         let verdict = if gap.significant() { ">" } else { "≤" };
-        parts.push(format!("{:+.4} vs MoCo v2 ({verdict} 2× spread {:.4})", gap.delta, gap.twice_spread));
+        parts.push(format!("{:+.4} vs MoCo v2 {} ({verdict} 2× spread {:.4})", gap.delta, gap.reference_steps, gap.twice_spread));
     }
     parts.join("; ")
 }
@@ -107,7 +128,8 @@ fn note(result: &RowResult, all: &[RowResult]) -> String {
 pub fn markdown(plan: &Plan, results: &[RowResult]) -> String {
     let mut md = format!(
         "# {}: results\n\nmIoU on the val split, mean ± sample std over seeds. \"> 2× spread\": the gap to MoCo v2 \
-         (same head) exceeds twice the larger seed std of the two rows.\n\n\
+         (same head; a continuation's parent, else the same length, else the longest) exceeds twice the larger seed \
+         std of the two rows.\n\n\
          | method | pre-training steps | head | mIoU | seeds | note |\n|---|---|---|---|---|---|\n",
         plan.spec.name
     );
@@ -142,6 +164,7 @@ pub fn write(plan: &Plan) -> Result<Vec<PathBuf>> {
                 "seeds_planned": r.planned,
                 "gap_to_moco_v2": gap.map(|g| serde_json::json!({
                     "delta": g.delta, "twice_spread": g.twice_spread, "exceeds_twice_spread": g.significant(),
+                    "reference_steps": g.reference_steps,
                 })),
             })
         })
@@ -170,7 +193,7 @@ pub fn write(plan: &Plan) -> Result<Vec<PathBuf>> {
         let bars: Vec<Bar> = results
             .iter()
             .filter(|r| r.row.head == head && r.row.protocol.as_deref() == protocol && !r.seeds.is_empty())
-            .map(|r| Bar { label: r.row.label(), value: r.miou.0, error: r.miou.1 })
+            .map(|r| Bar { label: label_with_steps(&r.row), value: r.miou.0, error: r.miou.1 })
             .collect();
         if bars.is_empty() {
             continue;
@@ -185,4 +208,46 @@ pub fn write(plan: &Plan) -> Result<Vec<PathBuf>> {
         written.push(path);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(method: &str, steps: usize, parent: Option<(&str, usize)>, seeds: &[f64]) -> RowResult {
+        let row = Row {
+            method: method.into(),
+            steps,
+            head: "moco-fcn".into(),
+            parent: parent.map(|(m, s)| (m.to_string(), s)),
+            protocol: None,
+        };
+        let seeds: Vec<(u64, f64)> = seeds.iter().enumerate().map(|(i, &m)| (i as u64, m)).collect();
+        let values: Vec<f64> = seeds.iter().map(|s| s.1).collect();
+        RowResult { row, planned: seeds.len(), miou: mean_std(&values), seeds }
+    }
+
+    #[test]
+    fn each_row_meets_the_moco_v2_row_it_should() {
+        let all = vec![
+            result("random", 0, None, &[0.10, 0.11]),
+            result("moco-v2", 1000, None, &[0.12, 0.12]),
+            result("moco-v2", 4000, None, &[0.13, 0.14]),
+            result("plr", 1000, None, &[0.15, 0.16]),
+            result("densecl", 2000, None, &[0.12, 0.13]),
+            result("densecl", 400, Some(("moco-v2", 4000)), &[0.12, 0.12]),
+        ];
+        let reference = |i: usize| gap_to_moco_v2(&all[i], &all).map(|g| g.reference_steps);
+        assert_eq!(reference(0), Some(4000), "RandomInit meets the longest MoCo v2");
+        assert_eq!(reference(1), None);
+        assert_eq!(reference(2), None);
+        assert_eq!(reference(3), Some(1000), "same length");
+        assert_eq!(reference(4), Some(4000), "no MoCo v2 at 2000: the longest");
+        assert_eq!(reference(5), Some(4000), "a continuation meets its parent");
+        let gap = gap_to_moco_v2(&all[0], &all).unwrap();
+        assert!((gap.delta - (0.105 - 0.135)).abs() < 1e-12);
+        assert!((gap.twice_spread - 2.0 * all[2].miou.1.max(all[0].miou.1)).abs() < 1e-12);
+        assert_eq!(label_with_steps(&all[5].row), "moco-v2 → densecl +400");
+        assert_eq!(label_with_steps(&all[2].row), "moco-v2 4000");
+    }
 }
