@@ -34,7 +34,7 @@ pub struct ExperimentArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Runs trained at once, each in its own process with an equal share of the cores. Small
-    /// models leave cores idle: on 2 cores, `--jobs 2` trains the mini grids about 1.7× faster.
+    /// models leave cores idle: on 2 cores, `--jobs 2` trains the mini grids about twice as fast.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
 }

@@ -87,24 +87,32 @@ pub struct Plan {
 /// steps including start-up; docs/RESULTS.md): a rough guide for `--dry-run`, scaled by view area.
 fn pretrain_images_per_s(method: &str) -> f64 {
     match method {
-        "moco-v1" | "edmoco" => 270.0,
-        "moco-v2" | "densecl" => 240.0,
-        "simclr" | "plr" | "plmoco" => 210.0,
-        "simsiam" | "pledmoco" => 190.0,
+        "moco-v1" => 270.0,
+        "moco-v2" => 240.0,
+        "simclr" => 210.0,
+        "simsiam" => 190.0,
         "byol" => 145.0,
-        "pixpro" => 125.0,
+        "edmoco" => 134.0,
+        "densecl" => 118.0,
         "rotation" => 115.0,
-        _ => 150.0,
+        "plmoco" => 102.0,
+        "pledmoco" => 96.0,
+        "pixpro" => 63.0,
+        "plr" => 53.0,
+        _ => 100.0,
     }
 }
 
 /// Fine-tuning images per second at 64 px crops on the reference machine (MoCo-FCN head).
 const FINETUNE_IMAGES_PER_S: f64 = 110.0;
 
-/// How much slower each run gets when `jobs` runs share `cores` cores (measured with two mini
-/// runs on two cores: each 1.2× slower than alone, so 1.7× the throughput).
+/// How much slower each run gets when `jobs` runs share `cores` cores, each with `cores /
+/// jobs` threads. Measured with `experiments/mini.toml` and `--jobs 2` on two cores (81 min
+/// for work estimated at 170 min one by one): a one-thread run takes about as long as alone
+/// with both threads (fine-tunes 0.75×, pre-trainings up to 1.4×), since small models leave
+/// the second thread mostly idle.
 fn contention(jobs: usize, cores: usize) -> f64 {
-    if jobs <= 1 { 1.0 } else { 1.2 * (jobs as f64 / cores.max(1) as f64).max(1.0) }
+    if jobs <= 1 { 1.0 } else { (jobs as f64 / cores.max(1) as f64).max(1.0) }
 }
 
 /// One run of a plan, as the runner schedules it.
