@@ -10,19 +10,12 @@ use densessl::kernels::batch_norm::{batch_norm_batch_stats, batch_norm_module};
 use densessl::kernels::batch_norm_cpu::{self, Planes};
 use proptest::prelude::*;
 
+mod kernel_parity;
+use kernel_parity::{max_relative_difference, values};
+
 /// Float32 sums over up to a few thousand values in another order (and in `f64` here),
 /// relative to the largest value.
 const TOLERANCE: f32 = 2e-5;
-
-fn max_relative_difference(got: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(got.len(), expected.len());
-    let scale = expected.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
-    got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
 
 /// Output, mean, variance and the gradients of `loss = Σ bn(x) ⊙ r` for x, gamma and beta,
 /// through the kernels and through burn; returns the six largest differences.

@@ -9,18 +9,11 @@ use burn::tensor::{Device, Distribution, Tensor};
 use densessl::kernels::conv_cpu::{self, ConvGeometry};
 use proptest::prelude::*;
 
+mod kernel_parity;
+use kernel_parity::{max_relative_difference, values};
+
 /// Sums of up to 4,608 float32 products in another order: relative to the largest value.
 const TOLERANCE: f32 = 1e-5;
-
-fn max_relative_difference(got: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(got.len(), expected.len());
-    let scale = expected.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
-    got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
 
 /// Forward, input gradient and weight gradient of `loss = Σ conv(x, w) ⊙ r` through the
 /// kernels and through burn, on an autodiff device; returns the three largest differences.
