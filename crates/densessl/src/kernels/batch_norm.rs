@@ -17,7 +17,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::BatchNorm;
@@ -37,8 +36,7 @@ pub trait BatchNormKernels: Backend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let result = Self::batch_norm_train(x, gamma, beta, epsilon);
-        (result.output, result.mean, result.variance)
+        burn_batch_stats::<Self>(x, gamma, beta, epsilon)
     }
 
     /// `(x_grad, gamma_grad, beta_grad)` given the output gradient and the forward's statistics.
@@ -50,9 +48,32 @@ pub trait BatchNormKernels: Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let result = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
-        (result.x_grad, result.gamma_grad, result.beta_grad)
+        burn_gradients::<Self>(x, gamma, mean, variance, epsilon, output_grad)
     }
+}
+
+/// burn's own training-mode batch norm, as `(output, mean, variance)`.
+fn burn_batch_stats<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let result = B::batch_norm_train(x, gamma, beta, epsilon);
+    (result.output, result.mean, result.variance)
+}
+
+/// burn's own batch-norm gradients, as `(x_grad, gamma_grad, beta_grad)`.
+fn burn_gradients<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    variance: FloatTensor<B>,
+    epsilon: f64,
+    output_grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let result = B::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
+    (result.x_grad, result.gamma_grad, result.beta_grad)
 }
 
 #[cfg(any(feature = "vulkan", feature = "cuda"))]
@@ -93,8 +114,7 @@ impl BatchNormKernels for Flex {
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let Some(p) = cpu_planes(&[&x, &gamma, &beta]) else {
-            let result = Self::batch_norm_train(x, gamma, beta, epsilon);
-            return (result.output, result.mean, result.variance);
+            return burn_batch_stats::<Self>(x, gamma, beta, epsilon);
         };
         let ((x, dims), (gamma, _), (beta, _)) = (values(x), values(gamma), values(beta));
         let (y, mean, var) = batch_norm_cpu::forward(x.storage(), gamma.storage(), beta.storage(), epsilon, p);
@@ -110,8 +130,7 @@ impl BatchNormKernels for Flex {
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let Some(p) = cpu_planes(&[&x, &gamma, &mean, &variance, &output_grad]) else {
-            let result = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
-            return (result.x_grad, result.gamma_grad, result.beta_grad);
+            return burn_gradients::<Self>(x, gamma, mean, variance, epsilon, output_grad);
         };
         let ((x, dims), (gamma, _), (mean, _), (variance, _), (dy, _)) =
             (values(x), values(gamma), values(mean), values(variance), values(output_grad));
