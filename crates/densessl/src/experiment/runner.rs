@@ -125,8 +125,8 @@ struct Running {
 
 /// Runs the unfinished runs `jobs` at a time, each as `child --only ID` with its output in
 /// `OUT/logs/ID.log`; the cores are shared out through `RAYON_NUM_THREADS`. Runs start in
-/// [`Plan::start_order`], each once its pre-training has finished. After a failure no new run starts, the running ones finish,
-/// and the first failure is returned.
+/// [`Plan::start_order`], each once its pre-training has finished. After a failure no new
+/// run starts, the running ones finish, and the first failure is returned.
 fn run_in_children(plan: &Plan, jobs: usize, command: &ChildCommand) -> Result<RunCounts> {
     let ids = plan.run_ids();
     let total = ids.len();
