@@ -117,6 +117,44 @@ fn kernels_are_plain_functions_of_slices() {
     assert_eq!(dw[4], centre);
 }
 
+#[test]
+fn shared_gradients_equal_separate_ones() {
+    let g = geometry(3, 8, 12, [7, 6], 3, 1, 1, 1);
+    let ramp = |n: usize, k: usize| (0..n).map(|i| ((i * k % 101) as f32 - 50.0) / 50.0).collect::<Vec<_>>();
+    let [ho, wo] = g.output();
+    let (x, w, grad) = (ramp(3 * 8 * 42, 37), ramp(12 * 8 * 9, 53), ramp(3 * 12 * ho * wo, 29));
+    let (dx, dw) = conv_cpu::conv2d_gradients(&x, &w, &grad, &g).expect("stride 1 has the flipped form");
+    assert_eq!(dx, conv_cpu::conv2d_data_gradient(&w, &grad, &g).unwrap());
+    assert_eq!(dw, conv_cpu::conv2d_weight_gradient(&x, &grad, &g));
+    assert!(conv_cpu::conv2d_gradients(&x, &w, &grad, &geometry(3, 8, 12, [7, 6], 3, 2, 1, 1)).is_none());
+}
+
+#[test]
+fn one_gradient_alone_matches_burn() {
+    // A frozen input (the stem's image) or a frozen kernel: the node asks for one gradient.
+    let g = geometry(2, 6, 10, [9, 8], 3, 1, 1, 1);
+    let device = Device::flex().autodiff();
+    let x = Tensor::<4>::random([2, 6, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<4>::random([10, 6, 3, 3], Distribution::Normal(0.0, 0.2), &device);
+    let options = ConvOptions::new(g.stride, g.padding, g.dilation, 1);
+    for x_trains in [true, false] {
+        let grad_of = |ours: bool| {
+            let (x, w) = if x_trains { (x.clone().require_grad(), w.clone()) } else { (x.clone(), w.clone().require_grad()) };
+            let y = if ours {
+                densessl::kernels::conv2d(x.clone(), w.clone(), options.clone())
+            } else {
+                burn_conv2d(x.clone(), w.clone(), None, options.clone())
+            };
+            let grads = (y.clone() * y).sum().backward();
+            let trained = if x_trains { x.grad(&grads) } else { w.grad(&grads) };
+            assert!(if x_trains { w.grad(&grads).is_none() } else { x.grad(&grads).is_none() });
+            values(trained.expect("the trained tensor has a gradient"))
+        };
+        let difference = max_relative_difference(&grad_of(true), &grad_of(false));
+        assert!(difference < TOLERANCE, "x trains: {x_trains}: difference {difference:.1e}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 

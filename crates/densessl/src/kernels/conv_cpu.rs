@@ -12,6 +12,9 @@
 //! - data gradient (stride 1): the forward pass of the output gradient with the kernel
 //!   flipped and its channels swapped, padded by `d·(k−1) − p`.
 //!
+//! When both gradients are needed, [`conv2d_gradients`] transposes the output gradient to
+//! NHWC once for the two of them.
+//!
 //! Measured effect and the shapes it was measured on: docs/BENCHMARKS.md (issue 9).
 
 use std::mem::MaybeUninit;
@@ -140,16 +143,20 @@ fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [f32]) 
     });
 }
 
-/// Calls `f(first, n, col)` on consecutive chunks of im2col rows of `x [B, Cin, H, W]`:
+/// `x [B, C, H, W]` → `[B, H, W, C]`, for a convolution of geometry `g` (C = `g.cin`).
+fn to_nhwc(x: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    transpose_each_image(x, g.cin, g.input[0] * g.input[1])
+}
+
+/// Calls `f(first, n, col)` on consecutive chunks of im2col rows of `x_nhwc [B, H, W, Cin]`:
 /// rows `first..first + n` as `col [n, K]`, each chunk at most [`CHUNK_FLOATS`] (one row at least).
-fn for_each_im2col_chunk(x: &[f32], g: &ConvGeometry, mut f: impl FnMut(usize, usize, &[f32])) {
+fn for_each_im2col_chunk(x_nhwc: &[f32], g: &ConvGeometry, mut f: impl FnMut(usize, usize, &[f32])) {
     let (k, positions) = (g.row_len(), g.positions());
-    let x_nhwc = transpose_each_image(x, g.cin, g.input[0] * g.input[1]);
     let rows = (CHUNK_FLOATS / k.max(1)).max(1);
     let mut col = vec![0.0f32; rows.min(positions) * k];
     for first in (0..positions).step_by(rows) {
         let n = rows.min(positions - first);
-        im2col_rows(&x_nhwc, g, first, &mut col[..n * k]);
+        im2col_rows(x_nhwc, g, first, &mut col[..n * k]);
         f(first, n, &col[..n * k]);
     }
 }
@@ -255,13 +262,18 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
 /// [`conv2d_forward`] with the kernel already in im2col order, `[Cout, (ky, kx, c)]`.
 fn conv2d_forward_flat(x: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [h, w] = g.input;
-    let [ho, wo] = g.output();
     assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
+    conv2d_forward_flat_nhwc(&to_nhwc(x, g), kernel, g)
+}
+
+/// [`conv2d_forward_flat`] from an input already in NHWC order; the output is NCHW.
+fn conv2d_forward_flat_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let [ho, wo] = g.output();
     let k = g.row_len();
     let len = g.positions() * g.cout;
     let mut y = Vec::with_capacity(len);
     let y_slots = &mut y.spare_capacity_mut()[..len];
-    for_each_im2col_chunk(x, g, |first, n, col| {
+    for_each_im2col_chunk(x_nhwc, g, |first, n, col| {
         // Y[first.., Cout] = col[n, K] · kernelᵀ[K, Cout]
         gemm_f32_into(
             [n, g.cout, k],
@@ -282,14 +294,23 @@ fn conv2d_forward_flat(x: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> 
 /// Weight gradient: `x [B, Cin, H, W]`, output gradient `[B, Cout, Ho, Wo]` →
 /// `[Cout, Cin, kh, kw]`.
 pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let [h, w] = g.input;
+    weight_gradient_nhwc(x, &grad_to_nhwc(grad, g), g)
+}
+
+/// The output gradient `[B, Cout, Ho, Wo]` → `[B, Ho, Wo, Cout]`: both gradients read it so.
+fn grad_to_nhwc(grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [ho, wo] = g.output();
-    assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
     assert_eq!(grad.len(), g.positions() * g.cout, "conv2d: output gradient length does not match its geometry");
+    transpose_each_image(grad, g.cout, ho * wo)
+}
+
+/// [`conv2d_weight_gradient`] with the output gradient already NHWC (see [`grad_to_nhwc`]).
+fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let [h, w] = g.input;
+    assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
     let k = g.row_len();
-    let grad_nhwc = transpose_each_image(grad, g.cout, ho * wo);
     let mut flat = vec![0.0f32; g.cout * k];
-    for_each_im2col_chunk(x, g, |first, n, col| {
+    for_each_im2col_chunk(&to_nhwc(x, g), g, |first, n, col| {
         // dW[Cout, K] += Gᵀ[Cout, n] · col[n, K]
         gemm_f32(
             [g.cout, k, n],
@@ -319,6 +340,21 @@ pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
 /// the forward pass of the gradient with the flipped, channel-swapped kernel. `None` where
 /// [`ConvGeometry::data_gradient_as_forward`] is.
 pub fn conv2d_data_gradient(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
+    g.data_gradient_as_forward()?;
+    data_gradient_nhwc(weight, &grad_to_nhwc(grad, g), g)
+}
+
+/// Both gradients, `(dx [B, Cin, H, W], dW [Cout, Cin, kh, kw])`, from one NHWC copy of the
+/// output gradient instead of one each. `None` where [`conv2d_data_gradient`] is.
+pub fn conv2d_gradients(x: &[f32], weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Option<(Vec<f32>, Vec<f32>)> {
+    g.data_gradient_as_forward()?;
+    let grad_nhwc = grad_to_nhwc(grad, g);
+    let dx = data_gradient_nhwc(weight, &grad_nhwc, g)?;
+    Some((dx, weight_gradient_nhwc(x, &grad_nhwc, g)))
+}
+
+/// [`conv2d_data_gradient`] with the output gradient already NHWC (see [`grad_to_nhwc`]).
+fn data_gradient_nhwc(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
     let backward = g.data_gradient_as_forward()?;
     assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
     // The flipped, channel-swapped kernel, built straight in im2col order `[Cin, (ky, kx, o)]`:
@@ -333,7 +369,8 @@ pub fn conv2d_data_gradient(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> O
             }
         }
     });
-    let dx = conv2d_forward_flat(grad, &flipped, &backward);
+    // The output gradient in NHWC is exactly the backward convolution's NHWC input.
+    let dx = conv2d_forward_flat_nhwc(grad_nhwc, &flipped, &backward);
     debug_assert_eq!(backward.output(), g.input);
     Some(dx)
 }

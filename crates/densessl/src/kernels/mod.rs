@@ -7,8 +7,8 @@
 //! other backend (and for shapes the kernels do not cover: groups, asymmetric padding,
 //! non-`f32`) the trait's default bodies call burn's own convolution, so results and
 //! gradients are burn's there. The autodiff implementation records one graph node whose
-//! backward pass calls the inner backend's [`ConvKernels::conv2d_x_gradient`] and
-//! [`ConvKernels::conv2d_weight_gradient`].
+//! backward pass calls the inner backend's [`ConvKernels::conv2d_gradients`] (or, when only
+//! one is needed, [`ConvKernels::conv2d_x_gradient`] or [`ConvKernels::conv2d_weight_gradient`]).
 //!
 //! Set `DENSESSL_CONV_KERNELS=burn` to route every convolution through burn's own
 //! implementation instead (for A/B measurements: docs/BENCHMARKS.md, "Attempt 3").
@@ -65,6 +65,27 @@ pub trait ConvKernels: Backend {
     ) -> FloatTensor<Self> {
         Self::conv2d_weight_backward(x, weight, output_grad, options)
     }
+
+    /// `(x gradient, weight gradient)` at once, for backends that share work between the two.
+    fn conv2d_gradients(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        separate_gradients::<Self>(x, weight, output_grad, options)
+    }
+}
+
+/// [`ConvKernels::conv2d_gradients`] as two separate calls.
+fn separate_gradients<B: ConvKernels>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dx = B::conv2d_x_gradient(x.clone(), weight.clone(), output_grad.clone(), options.clone());
+    (dx, B::conv2d_weight_gradient(x, weight, output_grad, options))
 }
 
 #[cfg(any(feature = "vulkan", feature = "cuda"))]
@@ -164,6 +185,27 @@ impl ConvKernels for Flex {
         let dw = conv_cpu::conv2d_weight_gradient(as_f32(&x), as_f32(&grad), &g);
         from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]])
     }
+
+    fn conv2d_gradients(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // Shared work only where both gradients are ours; otherwise each call picks its path.
+        let geometry = cpu_geometry(&x, &weight, &options)
+            .filter(|g| !burn_is_one_gemm(g) && g.data_gradient_as_forward().is_some());
+        let Some(g) = geometry else {
+            return separate_gradients::<Self>(x, weight, output_grad, options);
+        };
+        let (x, weight, grad) = (values(x), values(weight), values(output_grad));
+        let (dx, dw) = conv_cpu::conv2d_gradients(as_f32(&x), as_f32(&weight), as_f32(&grad), &g)
+            .expect("the geometry was checked to allow the flipped-kernel form");
+        (
+            from_values(dx, [g.batch, g.cin, g.input[0], g.input[1]]),
+            from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]]),
+        )
+    }
 }
 
 impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
@@ -180,12 +222,15 @@ impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B
                 let (x_state, weight_state, options) = ops.state;
                 let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
                 let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
-                if let Some(node) = node_x {
-                    let dx = B::conv2d_x_gradient(x.clone(), weight.clone(), grad.clone(), options.clone());
-                    grads.register::<B>(node.id, dx);
-                }
-                if let Some(node) = node_weight {
-                    grads.register::<B>(node.id, B::conv2d_weight_gradient(x, weight, grad, options));
+                match (node_x, node_weight) {
+                    (Some(node_x), Some(node_weight)) => {
+                        let (dx, dw) = B::conv2d_gradients(x, weight, grad, options);
+                        grads.register::<B>(node_x.id, dx);
+                        grads.register::<B>(node_weight.id, dw);
+                    }
+                    (Some(node), None) => grads.register::<B>(node.id, B::conv2d_x_gradient(x, weight, grad, options)),
+                    (None, Some(node)) => grads.register::<B>(node.id, B::conv2d_weight_gradient(x, weight, grad, options)),
+                    (None, None) => {}
                 }
             }
         }
