@@ -123,10 +123,16 @@ fn shared_gradients_equal_separate_ones() {
     let ramp = |n: usize, k: usize| (0..n).map(|i| ((i * k % 101) as f32 - 50.0) / 50.0).collect::<Vec<_>>();
     let [ho, wo] = g.output();
     let (x, w, grad) = (ramp(3 * 8 * 42, 37), ramp(12 * 8 * 9, 53), ramp(3 * 12 * ho * wo, 29));
-    let (dx, dw) = conv_cpu::conv2d_gradients(&x, &w, &grad, &g).expect("stride 1 has the flipped form");
-    assert_eq!(dx, conv_cpu::conv2d_data_gradient(&w, &grad, &g).unwrap());
+    let (dx, dw) = conv_cpu::conv2d_gradients(&x, &w, &grad, &g);
+    assert_eq!(dx, conv_cpu::conv2d_data_gradient(&w, &grad, &g));
     assert_eq!(dw, conv_cpu::conv2d_weight_gradient(&x, &grad, &g));
-    assert!(conv_cpu::conv2d_gradients(&x, &w, &grad, &geometry(3, 8, 12, [7, 6], 3, 2, 1, 1)).is_none());
+    // Stride 2 takes the col2im form.
+    let g2 = geometry(3, 8, 12, [7, 6], 3, 2, 1, 1);
+    let [ho, wo] = g2.output();
+    let grad2 = ramp(3 * 12 * ho * wo, 29);
+    let (dx2, dw2) = conv_cpu::conv2d_gradients(&x, &w, &grad2, &g2);
+    assert_eq!(dx2, conv_cpu::conv2d_data_gradient(&w, &grad2, &g2));
+    assert_eq!(dw2, conv_cpu::conv2d_weight_gradient(&x, &grad2, &g2));
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //! - forward: `Y[P, Cout] = col[P, K] · Wᵀ[K, Cout]`;
 //! - weight gradient: `dW[Cout, K] += Gᵀ[Cout, P] · col[P, K]`, accumulated over chunks;
 //! - data gradient (stride 1): the forward pass of the output gradient with the kernel
-//!   flipped and its channels swapped, padded by `d·(k−1) − p`.
+//!   flipped and its channels swapped, padded by `d·(k−1) − p`;
+//! - data gradient (other strides): col2im, `dcol[P, K] = G[P, Cout] · W[Cout, K]`, each
+//!   row added back onto the pixels its taps read.
 //!
 //! When both gradients are needed, [`conv2d_gradients`] transposes the output gradient to
 //! NHWC once for the two of them.
@@ -21,6 +23,8 @@ use std::mem::MaybeUninit;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+use super::transpose::transpose_each_image;
 
 /// Upper bound on one chunk of im2col rows, in floats (8 MB).
 pub const CHUNK_FLOATS: usize = 1 << 21;
@@ -84,105 +88,6 @@ impl ConvGeometry {
             padding,
             dilation: self.dilation,
         })
-    }
-}
-
-/// Side of the square tiles [`transpose_each_image`] moves at a time: 32×32 floats read
-/// and written stay within L1, where a plain row-by-row transpose misses on every write.
-const TRANSPOSE_TILE: usize = 32;
-
-/// Transposes every `[rows, cols]` block of `src` (one per image) into `[cols, rows]`:
-/// NCHW → NHWC with `rows = C, cols = H·W`, and back with the two swapped.
-fn transpose_each_image(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let image = rows * cols;
-    if image == 0 {
-        return Vec::new();
-    }
-    assert_eq!(src.len() % image, 0, "transpose: the buffer is not a whole number of images");
-    let mut out = Vec::with_capacity(src.len());
-    out.spare_capacity_mut()[..src.len()].par_chunks_mut(image).zip(src.par_chunks(image)).for_each(|(dst, block)| {
-        for i0 in (0..rows).step_by(TRANSPOSE_TILE) {
-            for j0 in (0..cols).step_by(TRANSPOSE_TILE) {
-                let tile = [i0..(i0 + TRANSPOSE_TILE).min(rows), j0..(j0 + TRANSPOSE_TILE).min(cols)];
-                transpose_tile(dst, block, [rows, cols], tile);
-            }
-        }
-    });
-    // SAFETY: `src.len()` is a multiple of `image` (each block is a whole image), and the
-    // tiles of every block cover all of its `rows × cols` slots, so every element is written.
-    unsafe { out.set_len(src.len()) };
-    out
-}
-
-/// `dst[j·rows + i] = block[i·cols + j]` for `i, j` in the tile: whole 8×8 squares through
-/// AVX registers where the CPU has AVX, the rest one element at a time.
-fn transpose_tile(dst: &mut [MaybeUninit<f32>], block: &[f32], [rows, cols]: [usize; 2], [is, js]: [std::ops::Range<usize>; 2]) {
-    assert!(block.len() >= rows * cols && dst.len() >= rows * cols && is.end <= rows && js.end <= cols);
-    let (mut i_done, mut j_done) = (is.start, js.start);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        let whole = |r: &std::ops::Range<usize>| r.start + (r.end - r.start) / 8 * 8;
-        (i_done, j_done) = (whole(&is), whole(&js));
-        for i in (is.start..i_done).step_by(8) {
-            for j in (js.start..j_done).step_by(8) {
-                // SAFETY: AVX is present; rows i..i+8 and columns j..j+8 lie inside the
-                // `[rows, cols]` block and its transpose (asserted above).
-                unsafe { transpose_8x8_avx(block.as_ptr().add(i * cols + j), cols, dst.as_mut_ptr().add(j * rows + i).cast(), rows) };
-            }
-        }
-    }
-    // What the squares left: columns past `j_done` for their rows, then rows past `i_done`.
-    for i in is.clone() {
-        let from = if i < i_done { j_done } else { js.start };
-        for j in from..js.end {
-            dst[j * rows + i].write(block[i * cols + j]);
-        }
-    }
-}
-
-/// One 8×8 square: `dst[b·dst_stride + a] = src[a·src_stride + b]`.
-///
-/// # Safety
-/// AVX must be available; `src` must be readable and `dst` writable at 8 rows of 8 floats
-/// with the given strides, and the two must not overlap.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn transpose_8x8_avx(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller guarantees the 8 rows of 8 floats on both sides.
-    unsafe {
-        let load = |a: usize| _mm256_loadu_ps(src.add(a * src_stride));
-        let r = [load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7)];
-        // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let out = [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
-        for (b, v) in out.into_iter().enumerate() {
-            _mm256_storeu_ps(dst.add(b * dst_stride), v);
-        }
     }
 }
 
@@ -402,27 +307,78 @@ fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f
     transpose_each_image(&flat, g.kernel[0] * g.kernel[1], g.cin)
 }
 
-/// Data gradient for stride 1: output gradient `[B, Cout, Ho, Wo]` → `[B, Cin, H, W]`, as
-/// the forward pass of the gradient with the flipped, channel-swapped kernel. `None` where
-/// [`ConvGeometry::data_gradient_as_forward`] is.
-pub fn conv2d_data_gradient(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
-    g.data_gradient_as_forward()?;
+/// Data gradient: output gradient `[B, Cout, Ho, Wo]` → `[B, Cin, H, W]`. Stride 1 runs as
+/// the forward pass of the gradient with the flipped, channel-swapped kernel (where
+/// [`ConvGeometry::data_gradient_as_forward`] allows it); other strides as col2im.
+pub fn conv2d_data_gradient(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
     data_gradient_nhwc(weight, &grad_to_nhwc(grad, g), g)
 }
 
 /// Both gradients, `(dx [B, Cin, H, W], dW [Cout, Cin, kh, kw])`, from one NHWC copy of the
-/// output gradient instead of one each. `None` where [`conv2d_data_gradient`] is.
-pub fn conv2d_gradients(x: &[f32], weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Option<(Vec<f32>, Vec<f32>)> {
-    g.data_gradient_as_forward()?;
+/// output gradient instead of one each.
+pub fn conv2d_gradients(x: &[f32], weight: &[f32], grad: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
     let grad_nhwc = grad_to_nhwc(grad, g);
-    let dx = data_gradient_nhwc(weight, &grad_nhwc, g)?;
-    Some((dx, weight_gradient_nhwc(x, &grad_nhwc, g)))
+    (data_gradient_nhwc(weight, &grad_nhwc, g), weight_gradient_nhwc(x, &grad_nhwc, g))
 }
 
 /// [`conv2d_data_gradient`] with the output gradient already NHWC (see [`grad_to_nhwc`]).
-fn data_gradient_nhwc(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
-    let backward = g.data_gradient_as_forward()?;
+fn data_gradient_nhwc(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
     assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
+    match g.data_gradient_as_forward() {
+        Some(backward) => data_gradient_flipped(weight, grad_nhwc, g, &backward),
+        None => data_gradient_col2im(weight, grad_nhwc, g),
+    }
+}
+
+/// Data gradient as col2im, for any stride: per chunk of whole images,
+/// `dcol[P, K] = G[P, Cout] · W[Cout, K]` (one gemm), then each row of `dcol` is added back
+/// onto the input pixels its taps read (images in parallel, so no two threads add to one pixel).
+fn data_gradient_col2im(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let [h, w] = g.input;
+    let [ho, wo] = g.output();
+    let [kh, kw] = g.kernel;
+    let (k, cin, cout) = (g.row_len(), g.cin, g.cout);
+    let kernel = flatten_kernel(weight, g);
+    let per_image = ho * wo;
+    let images_per_chunk = (CHUNK_FLOATS / (per_image * k).max(1)).clamp(1, g.batch.max(1));
+    let mut dx_nhwc = vec![0.0f32; g.batch * h * w * cin];
+    let mut dcol: Vec<f32> = Vec::with_capacity(images_per_chunk * per_image * k);
+    for b0 in (0..g.batch).step_by(images_per_chunk) {
+        let images = images_per_chunk.min(g.batch - b0);
+        let n = images * per_image;
+        let slots = &mut dcol.spare_capacity_mut()[..n * k];
+        // dcol[n, K] = G[n, Cout] · kernel[Cout, K]
+        gemm_f32_into([n, k, cout], slots, [k as isize, 1], &grad_nhwc[b0 * per_image * cout..][..n * cout], [cout as isize, 1], &kernel, [k as isize, 1]);
+        // SAFETY: the gemm call wrote all `n × K` slots.
+        let rows = unsafe { std::slice::from_raw_parts(slots.as_ptr().cast::<f32>(), n * k) };
+        let images_out = &mut dx_nhwc[b0 * h * w * cin..][..images * h * w * cin];
+        images_out.par_chunks_mut(h * w * cin).zip(rows.par_chunks(per_image * k)).for_each(|(image, image_rows)| {
+            for (p, row) in image_rows.chunks_exact(k).enumerate() {
+                let (oy, ox) = (p / wo, p % wo);
+                for ky in 0..kh {
+                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let pixel = &mut image[(iy as usize * w + ix as usize) * cin..][..cin];
+                        for (d, v) in pixel.iter_mut().zip(&row[(ky * kw + kx) * cin..][..cin]) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    transpose_each_image(&dx_nhwc, h * w, cin)
+}
+
+/// Stride-1 data gradient as a forward convolution of geometry `backward` (the flipped form).
+fn data_gradient_flipped(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry, backward: &ConvGeometry) -> Vec<f32> {
     // The flipped, channel-swapped kernel in im2col order `[Cin, (ky, kx, o)]`:
     // flipped[c][t′][o] = weight[o][c][t] with tap t′ = taps − 1 − t (both axes reversed).
     // Reversing each run of taps, then one transpose of `[Cout, Cin·taps]`, keeps both
@@ -432,7 +388,7 @@ fn data_gradient_nhwc(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Op
     reversed.par_chunks_mut(taps).for_each(|run| run.reverse());
     let flipped = transpose_each_image(&reversed, g.cout, g.cin * taps);
     // The output gradient in NHWC is exactly the backward convolution's NHWC input.
-    let dx = conv2d_forward_flat_nhwc(grad_nhwc, &flipped, &backward);
+    let dx = conv2d_forward_flat_nhwc(grad_nhwc, &flipped, backward);
     debug_assert_eq!(backward.output(), g.input);
-    Some(dx)
+    dx
 }

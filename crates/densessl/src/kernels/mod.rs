@@ -16,6 +16,7 @@
 pub mod batch_norm;
 pub mod batch_norm_cpu;
 pub mod conv_cpu;
+pub mod transpose;
 
 use std::sync::OnceLock;
 
@@ -161,14 +162,11 @@ impl ConvKernels for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let geometry = cpu_geometry(&x, &weight, &options)
-            .filter(|g| !burn_is_one_gemm(g) && g.data_gradient_as_forward().is_some());
-        let Some(g) = geometry else {
+        let Some(g) = cpu_geometry(&x, &weight, &options).filter(|g| !burn_is_one_gemm(g)) else {
             return Self::conv2d_x_backward(x, weight, output_grad, options);
         };
         let (weight, grad) = (values(weight), values(output_grad));
-        let dx = conv_cpu::conv2d_data_gradient(as_f32(&weight), as_f32(&grad), &g)
-            .expect("the geometry was checked to allow the flipped-kernel form");
+        let dx = conv_cpu::conv2d_data_gradient(as_f32(&weight), as_f32(&grad), &g);
         from_values(dx, [g.batch, g.cin, g.input[0], g.input[1]])
     }
 
@@ -193,14 +191,11 @@ impl ConvKernels for Flex {
         options: ConvOptions<2>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         // Shared work only where both gradients are ours; otherwise each call picks its path.
-        let geometry = cpu_geometry(&x, &weight, &options)
-            .filter(|g| !burn_is_one_gemm(g) && g.data_gradient_as_forward().is_some());
-        let Some(g) = geometry else {
+        let Some(g) = cpu_geometry(&x, &weight, &options).filter(|g| !burn_is_one_gemm(g)) else {
             return separate_gradients::<Self>(x, weight, output_grad, options);
         };
         let (x, weight, grad) = (values(x), values(weight), values(output_grad));
-        let (dx, dw) = conv_cpu::conv2d_gradients(as_f32(&x), as_f32(&weight), as_f32(&grad), &g)
-            .expect("the geometry was checked to allow the flipped-kernel form");
+        let (dx, dw) = conv_cpu::conv2d_gradients(as_f32(&x), as_f32(&weight), as_f32(&grad), &g);
         (
             from_values(dx, [g.batch, g.cin, g.input[0], g.input[1]]),
             from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]]),
