@@ -91,6 +91,14 @@ impl ConvGeometry {
     }
 }
 
+/// The input pixel `iy·W + ix` that tap `(ky, kx)` of output position `(oy, ox)` reads, or
+/// `None` where the tap falls in the padding.
+fn input_pixel(g: &ConvGeometry, [oy, ox]: [usize; 2], [ky, kx]: [usize; 2]) -> Option<usize> {
+    let iy = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.padding[0]).filter(|&iy| iy < g.input[0])?;
+    let ix = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.padding[1]).filter(|&ix| ix < g.input[1])?;
+    Some(iy * g.input[1] + ix)
+}
+
 /// Rows `first..first + col.len() / K` of im2col, each `[(ky, kx, c)]`, from an NHWC input.
 fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [MaybeUninit<f32>]) {
     let [h, w] = g.input;
@@ -106,21 +114,19 @@ fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [MaybeU
         // run of `kw·Cin` floats in NHWC: one copy instead of `kw` (the stem's Cin is 3).
         let whole_row_inside = g.dilation[1] == 1 && ix0 >= 0 && ix0 as usize + kw <= w;
         for ky in 0..kh {
-            let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
-            if whole_row_inside && iy >= 0 && iy < h as isize {
-                let start = (iy as usize * w + ix0 as usize) * cin;
-                row[ky * kw * cin..][..kw * cin].write_copy_of_slice(&image[start..][..kw * cin]);
+            if let Some(first_tap) = input_pixel(g, [oy, ox], [ky, 0]).filter(|_| whole_row_inside) {
+                row[ky * kw * cin..][..kw * cin].write_copy_of_slice(&image[first_tap * cin..][..kw * cin]);
                 continue;
             }
             for kx in 0..kw {
-                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
                 let dst = &mut row[(ky * kw + kx) * cin..][..cin];
-                if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
-                    dst.write_copy_of_slice(&image[(iy as usize * w + ix as usize) * cin..][..cin]);
-                } else {
-                    dst.iter_mut().for_each(|slot| {
+                match input_pixel(g, [oy, ox], [ky, kx]) {
+                    Some(pixel) => {
+                        dst.write_copy_of_slice(&image[pixel * cin..][..cin]);
+                    }
+                    None => dst.iter_mut().for_each(|slot| {
                         slot.write(0.0);
-                    });
+                    }),
                 }
             }
         }
@@ -236,18 +242,14 @@ fn flatten_kernel(weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
 /// `[B, Cout, Ho, Wo]`.
 pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
     assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
-    conv2d_forward_flat(x, &flatten_kernel(weight, g), g)
-}
-
-/// [`conv2d_forward`] with the kernel already in im2col order, `[Cout, (ky, kx, c)]`.
-fn conv2d_forward_flat(x: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [h, w] = g.input;
     assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
-    conv2d_forward_flat_nhwc(&to_nhwc(x, g), kernel, g)
+    forward_nhwc(&to_nhwc(x, g), &flatten_kernel(weight, g), g)
 }
 
-/// [`conv2d_forward_flat`] from an input already in NHWC order; the output is NCHW.
-fn conv2d_forward_flat_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// [`conv2d_forward`] from an input already in NHWC order and a kernel already in im2col
+/// order, `[Cout, (ky, kx, c)]`; the output is NCHW.
+fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [ho, wo] = g.output();
     let k = g.row_len();
     let len = g.positions() * g.cout;
@@ -336,7 +338,6 @@ fn data_gradient_nhwc(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Ve
 fn data_gradient_col2im(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [h, w] = g.input;
     let [ho, wo] = g.output();
-    let [kh, kw] = g.kernel;
     let (k, cin, cout) = (g.row_len(), g.cin, g.cout);
     let kernel = flatten_kernel(weight, g);
     let per_image = ho * wo;
@@ -348,33 +349,40 @@ fn data_gradient_col2im(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> 
         let n = images * per_image;
         let slots = &mut dcol.spare_capacity_mut()[..n * k];
         // dcol[n, K] = G[n, Cout] · kernel[Cout, K]
-        gemm_f32_into([n, k, cout], slots, [k as isize, 1], &grad_nhwc[b0 * per_image * cout..][..n * cout], [cout as isize, 1], &kernel, [k as isize, 1]);
+        gemm_f32_into(
+            [n, k, cout],
+            slots,
+            [k as isize, 1],
+            &grad_nhwc[b0 * per_image * cout..][..n * cout],
+            [cout as isize, 1],
+            &kernel,
+            [k as isize, 1],
+        );
         // SAFETY: the gemm call wrote all `n × K` slots.
         let rows = unsafe { std::slice::from_raw_parts(slots.as_ptr().cast::<f32>(), n * k) };
         let images_out = &mut dx_nhwc[b0 * h * w * cin..][..images * h * w * cin];
-        images_out.par_chunks_mut(h * w * cin).zip(rows.par_chunks(per_image * k)).for_each(|(image, image_rows)| {
-            for (p, row) in image_rows.chunks_exact(k).enumerate() {
-                let (oy, ox) = (p / wo, p % wo);
-                for ky in 0..kh {
-                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..kw {
-                        let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let pixel = &mut image[(iy as usize * w + ix as usize) * cin..][..cin];
-                        for (d, v) in pixel.iter_mut().zip(&row[(ky * kw + kx) * cin..][..cin]) {
-                            *d += v;
-                        }
-                    }
-                }
-            }
-        });
+        images_out
+            .par_chunks_mut(h * w * cin)
+            .zip(rows.par_chunks(per_image * k))
+            .for_each(|(image, image_rows)| add_rows_to_image(image, image_rows, g));
     }
     transpose_each_image(&dx_nhwc, h * w, cin)
+}
+
+/// col2im for one image: adds each tap of every `dcol` row `[(ky, kx, c)]` onto the NHWC
+/// pixel it was read from (taps in the padding are dropped).
+fn add_rows_to_image(image: &mut [f32], rows: &[f32], g: &ConvGeometry) {
+    let kw = g.kernel[1];
+    let wo = g.output()[1];
+    for (p, row) in rows.chunks_exact(g.row_len()).enumerate() {
+        for (tap, values) in row.chunks_exact(g.cin).enumerate() {
+            if let Some(pixel) = input_pixel(g, [p / wo, p % wo], [tap / kw, tap % kw]) {
+                for (d, v) in image[pixel * g.cin..][..g.cin].iter_mut().zip(values) {
+                    *d += v;
+                }
+            }
+        }
+    }
 }
 
 /// Stride-1 data gradient as a forward convolution of geometry `backward` (the flipped form).
@@ -388,7 +396,7 @@ fn data_gradient_flipped(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry, ba
     reversed.par_chunks_mut(taps).for_each(|run| run.reverse());
     let flipped = transpose_each_image(&reversed, g.cout, g.cin * taps);
     // The output gradient in NHWC is exactly the backward convolution's NHWC input.
-    let dx = conv2d_forward_flat_nhwc(grad_nhwc, &flipped, backward);
+    let dx = forward_nhwc(grad_nhwc, &flipped, backward);
     debug_assert_eq!(backward.output(), g.input);
     dx
 }
