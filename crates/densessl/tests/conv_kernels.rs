@@ -7,6 +7,7 @@ use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 use densessl::kernels::conv_cpu::{self, ConvGeometry};
+use densessl::kernels::gemm;
 use proptest::prelude::*;
 
 mod kernel_parity;
@@ -84,13 +85,25 @@ fn resnet_shapes_match_burn() {
 }
 
 #[test]
-fn several_im2col_chunks_match_burn() {
-    // 8·24·24 positions × 576 = 2.65 M floats of im2col: two chunks of CHUNK_FLOATS, split
-    // inside an image, so the weight gradient accumulates across chunks.
+fn several_tasks_match_burn() {
+    // 8·24·24 positions × 576 = 2.65 M floats of im2col: many tasks of about TASK_FLOATS,
+    // split inside an image, so the weight gradient sums several partials.
     let g = geometry(8, 64, 32, [24, 24], 3, 1, 1, 1);
-    assert!(g.positions() * g.row_len() > conv_cpu::CHUNK_FLOATS);
-    assert_ne!(conv_cpu::CHUNK_FLOATS / g.row_len() % (24 * 24), 0, "the chunk should end inside an image");
+    assert!(g.positions() * g.row_len() > 4 * gemm::TASK_FLOATS);
+    assert_ne!(gemm::rows_per_task(g.positions(), g.row_len(), 1) % (24 * 24), 0, "a task should end inside an image");
     assert_matches_burn("3×3, 64→32, 8 images of 24²", &g);
+}
+
+#[test]
+fn rows_per_task_balances_the_threads() {
+    let threads = rayon::current_num_threads();
+    for (positions, row_len, min_rows) in [(18_432, 576, 64), (288, 4_608, 256), (100, 9, 1), (1, 1_000_000, 64)] {
+        let rows = gemm::rows_per_task(positions, row_len, min_rows);
+        let tasks = positions.div_ceil(rows);
+        assert!(rows >= 1 && rows <= positions, "{positions} rows: {rows} per task");
+        // Tasks come in multiples of the thread count, unless there are fewer rows than that.
+        assert!(tasks % threads == 0 || tasks == positions, "{positions} rows: {tasks} tasks on {threads} threads");
+    }
 }
 
 #[test]

@@ -21,13 +21,21 @@
 
 use std::mem::MaybeUninit;
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::gemm::{gemm_f32_into, rows_per_task, with_scratch, Parallelism};
 use super::transpose::transpose_each_image;
 
-/// Upper bound on one chunk of im2col rows, in floats (8 MB).
-pub const CHUNK_FLOATS: usize = 1 << 21;
+/// Fewest im2col rows a forward task multiplies (gemm's f32 kernels take 64 rows at a time on
+/// AVX-512 and 24–48 elsewhere).
+const MIN_FORWARD_ROWS: usize = 64;
+
+/// Fewest rows a weight-gradient task reduces over: each task writes a whole partial dW
+/// (`Cout × K`, up to 9 MB in ResNet's layer4), which fewer rows would not pay for.
+const MIN_WEIGHT_GRADIENT_ROWS: usize = 256;
+
+/// Floats per parallel chunk when the weight gradient's partials are summed.
+const SUM_CHUNK: usize = 1 << 14;
 
 /// Geometry of one 2-D convolution (one group, symmetric padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +107,15 @@ fn input_pixel(g: &ConvGeometry, [oy, ox]: [usize; 2], [ky, kx]: [usize; 2]) -> 
     Some(iy * g.input[1] + ix)
 }
 
-/// Rows `first..first + col.len() / K` of im2col, each `[(ky, kx, c)]`, from an NHWC input.
-fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [MaybeUninit<f32>]) {
+/// Writes rows `first..first + col.len() / K` of im2col, each `[(ky, kx, c)]`, from an NHWC
+/// input into `col`, and returns them.
+fn im2col_rows<'a>(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &'a mut [MaybeUninit<f32>]) -> &'a [f32] {
     let [h, w] = g.input;
     let [ho, wo] = g.output();
     let [kh, kw] = g.kernel;
-    let cin = g.cin;
-    col.par_chunks_mut(g.row_len()).enumerate().for_each(|(i, row)| {
+    let (cin, k) = (g.cin, g.row_len());
+    assert_eq!(col.len() % k.max(1), 0, "im2col: the buffer is not a whole number of rows");
+    for (i, row) in col.chunks_exact_mut(k.max(1)).enumerate() {
         let q = first + i;
         let (b, oy, ox) = (q / (ho * wo), q / wo % ho, q % wo);
         let image = &x_nhwc[b * h * w * cin..][..h * w * cin];
@@ -130,107 +140,15 @@ fn im2col_rows(x_nhwc: &[f32], g: &ConvGeometry, first: usize, col: &mut [MaybeU
                 }
             }
         }
-    });
+    }
+    // SAFETY: every row of `col` (its length is a whole number of rows) had all K slots
+    // written above: each tap's channels copied from the image, or zeros in the padding.
+    unsafe { std::slice::from_raw_parts(col.as_ptr().cast::<f32>(), col.len()) }
 }
 
 /// `x [B, C, H, W]` → `[B, H, W, C]`, for a convolution of geometry `g` (C = `g.cin`).
 fn to_nhwc(x: &[f32], g: &ConvGeometry) -> Vec<f32> {
     transpose_each_image(x, g.cin, g.input[0] * g.input[1])
-}
-
-/// Calls `f(first, n, col)` on consecutive chunks of im2col rows of `x_nhwc [B, H, W, Cin]`:
-/// rows `first..first + n` as `col [n, K]`, each chunk at most [`CHUNK_FLOATS`] (one row at least).
-fn for_each_im2col_chunk(x_nhwc: &[f32], g: &ConvGeometry, mut f: impl FnMut(usize, usize, &[f32])) {
-    let (k, positions) = (g.row_len(), g.positions());
-    let rows = (CHUNK_FLOATS / k.max(1)).max(1);
-    // Not zero-filled: im2col writes every slot of the rows it is given (taps in the padding
-    // as zeros), and zeroing 8 MB per call showed in profiles.
-    let mut col: Vec<f32> = Vec::with_capacity(rows.min(positions) * k);
-    for first in (0..positions).step_by(rows) {
-        let n = rows.min(positions - first);
-        let slots = &mut col.spare_capacity_mut()[..n * k];
-        im2col_rows(x_nhwc, g, first, slots);
-        // SAFETY: `im2col_rows` wrote all `n × K` slots (each row's taps, in bounds or zero).
-        let rows_written = unsafe { std::slice::from_raw_parts(slots.as_ptr().cast::<f32>(), n * k) };
-        f(first, n, rows_written);
-    }
-}
-
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with explicit (row, column) strides, on all threads.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32(
-    dims: [usize; 3],
-    dst: &mut [f32],
-    dst_strides: [isize; 2],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-) {
-    // SAFETY: `dst` is a live, exclusively borrowed slice of `dst.len()` floats.
-    unsafe { gemm_raw(dims, dst.as_mut_ptr(), dst.len(), dst_strides, accumulate, [lhs, rhs], [lhs_strides, rhs_strides]) }
-}
-
-/// [`gemm_f32`] writing `dst = lhs · rhs` into memory not yet initialised (gemm does not
-/// read the destination when it does not accumulate), which saves zero-filling it first.
-fn gemm_f32_into(
-    dims: [usize; 3],
-    dst: &mut [MaybeUninit<f32>],
-    dst_strides: [isize; 2],
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-) {
-    // SAFETY: `dst` is a live, exclusively borrowed slice of `dst.len()` slots.
-    unsafe { gemm_raw(dims, dst.as_mut_ptr().cast(), dst.len(), dst_strides, false, [lhs, rhs], [lhs_strides, rhs_strides]) }
-}
-
-/// The one call into `gemm`, after checking that every element it touches is in bounds.
-///
-/// # Safety
-/// `dst` must point to `dst_len` writable floats that alias neither operand, and hold
-/// initialised values when `accumulate` is true.
-unsafe fn gemm_raw(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    dst_len: usize,
-    dst_strides: [isize; 2],
-    accumulate: bool,
-    [lhs, rhs]: [&[f32]; 2],
-    [lhs_strides, rhs_strides]: [[isize; 2]; 2],
-) {
-    let last = |[rs, cs]: [isize; 2], rows: usize, cols: usize| {
-        (rows.saturating_sub(1) as isize * rs + cols.saturating_sub(1) as isize * cs) as usize
-    };
-    assert!(last(dst_strides, m, n) < dst_len.max(1));
-    assert!(last(lhs_strides, m, k) < lhs.len().max(1) && last(rhs_strides, k, n) < rhs.len().max(1));
-    // SAFETY: the asserts above keep every element gemm touches inside the three buffers,
-    // and the caller guarantees `dst` is writable and aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_strides[1],
-            dst_strides[0],
-            accumulate,
-            lhs.as_ptr(),
-            lhs_strides[1],
-            lhs_strides[0],
-            rhs.as_ptr(),
-            rhs_strides[1],
-            rhs_strides[0],
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::Rayon(0),
-        );
-    }
 }
 
 /// Kernel `[Cout, Cin, kh, kw]` → `[Cout, (ky, kx, c)]`, the order of an im2col row.
@@ -251,26 +169,47 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
 /// order, `[Cout, (ky, kx, c)]`; the output is NCHW.
 fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [ho, wo] = g.output();
-    let k = g.row_len();
-    let len = g.positions() * g.cout;
+    let (k, cout, positions) = (g.row_len(), g.cout, g.positions());
+    let len = positions * cout;
     let mut y = Vec::with_capacity(len);
     let y_slots = &mut y.spare_capacity_mut()[..len];
-    for_each_im2col_chunk(x_nhwc, g, |first, n, col| {
-        // Y[first.., Cout] = col[n, K] · kernelᵀ[K, Cout]
-        gemm_f32_into(
-            [n, g.cout, k],
-            &mut y_slots[first * g.cout..(first + n) * g.cout],
-            [g.cout as isize, 1],
-            col,
-            [k as isize, 1],
-            kernel,
-            [1, k as isize],
-        );
-    });
-    // SAFETY: the chunks cover rows `0..positions`, and each gemm call wrote all of its
-    // `n × Cout` block.
+    if kernel_outweighs_rows(g) {
+        let col = im2col_all(x_nhwc, g);
+        gemm_f32_into(Parallelism::Rayon(0), [positions, cout, k], y_slots, [cout as isize, 1], &col, [k as isize, 1], kernel, [1, k as isize]);
+    } else {
+        let rows = rows_per_task(positions, k, MIN_FORWARD_ROWS);
+        y_slots.par_chunks_mut((rows * cout).max(1)).enumerate().for_each(|(task, out)| {
+            let n = out.len() / cout.max(1);
+            with_scratch(n * k, |col| {
+                let col = im2col_rows(x_nhwc, g, task * rows, col);
+                // Y[rows, Cout] = col[rows, K] · kernelᵀ[K, Cout]
+                gemm_f32_into(Parallelism::None, [n, cout, k], out, [cout as isize, 1], col, [k as isize, 1], kernel, [1, k as isize]);
+            });
+        });
+    }
+    // SAFETY: the gemm calls wrote all `positions × Cout` slots (the tasks' blocks tile them).
     unsafe { y.set_len(len) };
-    transpose_each_image(&y, ho * wo, g.cout)
+    transpose_each_image(&y, ho * wo, cout)
+}
+
+/// Whether the kernel (`K × Cout`) is the larger operand, by more than the rows (`P × K`)
+/// of half a task per thread: then each row task would re-read a kernel bigger than its
+/// rows, and one multithreaded product over all rows does better (ResNet's layer4).
+fn kernel_outweighs_rows(g: &ConvGeometry) -> bool {
+    g.positions() < 2 * g.cout
+}
+
+/// All `P` rows of im2col, `[P, K]`, built in parallel.
+fn im2col_all(x_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (k, positions) = (g.row_len(), g.positions());
+    let mut col = Vec::with_capacity(positions * k);
+    let rows = rows_per_task(positions, k, 1);
+    col.spare_capacity_mut()[..positions * k].par_chunks_mut((rows * k).max(1)).enumerate().for_each(|(task, chunk)| {
+        im2col_rows(x_nhwc, g, task * rows, chunk);
+    });
+    // SAFETY: the chunks tile all `P × K` slots and `im2col_rows` wrote each of them.
+    unsafe { col.set_len(positions * k) };
+    col
 }
 
 /// Weight gradient: `x [B, Cin, H, W]`, output gradient `[B, Cout, Ho, Wo]` →
@@ -290,20 +229,39 @@ fn grad_to_nhwc(grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
 fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [h, w] = g.input;
     assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
-    let k = g.row_len();
-    let mut flat = vec![0.0f32; g.cout * k];
-    for_each_im2col_chunk(&to_nhwc(x, g), g, |first, n, col| {
-        // dW[Cout, K] += Gᵀ[Cout, n] · col[n, K]
-        gemm_f32(
-            [g.cout, k, n],
-            &mut flat,
-            [k as isize, 1],
-            first > 0,
-            &grad_nhwc[first * g.cout..(first + n) * g.cout],
-            [1, g.cout as isize],
-            col,
-            [k as isize, 1],
-        );
+    let x_nhwc = to_nhwc(x, g);
+    let (k, cout, positions) = (g.row_len(), g.cout, g.positions());
+    let size = cout * k;
+    if kernel_outweighs_rows(g) {
+        let col = im2col_all(&x_nhwc, g);
+        let mut flat = Vec::with_capacity(size);
+        // dW[Cout, K] = Gᵀ[Cout, P] · col[P, K]
+        gemm_f32_into(Parallelism::Rayon(0), [cout, k, positions], &mut flat.spare_capacity_mut()[..size], [k as isize, 1], grad_nhwc, [1, cout as isize], &col, [k as isize, 1]);
+        // SAFETY: the gemm call wrote all `Cout × K` slots.
+        unsafe { flat.set_len(size) };
+        return transpose_each_image(&flat, g.kernel[0] * g.kernel[1], g.cin);
+    }
+    // Each task's rows give one partial dW; the partials are summed in task order, so the
+    // result does not depend on which thread ran which task.
+    let rows = rows_per_task(positions, k, MIN_WEIGHT_GRADIENT_ROWS);
+    let tasks = positions.div_ceil(rows).max(1);
+    let mut partials: Vec<f32> = Vec::with_capacity(tasks * size);
+    partials.spare_capacity_mut()[..tasks * size].par_chunks_mut(size.max(1)).enumerate().for_each(|(task, partial)| {
+        let first = (task * rows).min(positions);
+        let n = rows.min(positions - first);
+        with_scratch(n * k, |col| {
+            let col = im2col_rows(&x_nhwc, g, first, col);
+            // dW_task[Cout, K] = Gᵀ[Cout, rows] · col[rows, K]
+            gemm_f32_into(Parallelism::None, [cout, k, n], partial, [k as isize, 1], &grad_nhwc[first * cout..][..n * cout], [1, cout as isize], col, [k as isize, 1]);
+        });
+    });
+    // SAFETY: the tasks' blocks tile all `tasks × size` slots and each gemm call wrote its block.
+    unsafe { partials.set_len(tasks * size) };
+    let mut flat = partials[..size].to_vec();
+    flat.par_chunks_mut(SUM_CHUNK).enumerate().for_each(|(i, sum)| {
+        for partial in partials.chunks_exact(size).skip(1) {
+            sum.iter_mut().zip(&partial[i * SUM_CHUNK..]).for_each(|(s, v)| *s += v);
+        }
     });
     // [Cout, (ky, kx, c)] → [Cout, c, ky, kx]
     transpose_each_image(&flat, g.kernel[0] * g.kernel[1], g.cin)
@@ -332,40 +290,30 @@ fn data_gradient_nhwc(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Ve
     }
 }
 
-/// Data gradient as col2im, for any stride: per chunk of whole images,
-/// `dcol[P, K] = G[P, Cout] · W[Cout, K]` (one gemm), then each row of `dcol` is added back
-/// onto the input pixels its taps read (images in parallel, so no two threads add to one pixel).
+/// Data gradient as col2im, for any stride: per task of whole images,
+/// `dcol[P, K] = G[P, Cout] · W[Cout, K]`, then each row of `dcol` is added back onto the
+/// input pixels its taps read (a task owns its images, so no two threads add to one pixel).
 fn data_gradient_col2im(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [h, w] = g.input;
     let [ho, wo] = g.output();
     let (k, cin, cout) = (g.row_len(), g.cin, g.cout);
     let kernel = flatten_kernel(weight, g);
-    let per_image = ho * wo;
-    let images_per_chunk = (CHUNK_FLOATS / (per_image * k).max(1)).clamp(1, g.batch.max(1));
-    let mut dx_nhwc = vec![0.0f32; g.batch * h * w * cin];
-    let mut dcol: Vec<f32> = Vec::with_capacity(images_per_chunk * per_image * k);
-    for b0 in (0..g.batch).step_by(images_per_chunk) {
-        let images = images_per_chunk.min(g.batch - b0);
-        let n = images * per_image;
-        let slots = &mut dcol.spare_capacity_mut()[..n * k];
-        // dcol[n, K] = G[n, Cout] · kernel[Cout, K]
-        gemm_f32_into(
-            [n, k, cout],
-            slots,
-            [k as isize, 1],
-            &grad_nhwc[b0 * per_image * cout..][..n * cout],
-            [cout as isize, 1],
-            &kernel,
-            [k as isize, 1],
-        );
-        // SAFETY: the gemm call wrote all `n × K` slots.
-        let rows = unsafe { std::slice::from_raw_parts(slots.as_ptr().cast::<f32>(), n * k) };
-        let images_out = &mut dx_nhwc[b0 * h * w * cin..][..images * h * w * cin];
-        images_out
-            .par_chunks_mut(h * w * cin)
-            .zip(rows.par_chunks(per_image * k))
-            .for_each(|(image, image_rows)| add_rows_to_image(image, image_rows, g));
-    }
+    let (per_image, pixels) = (ho * wo, h * w * cin);
+    let images_per_task = rows_per_task(g.batch, per_image * k, 1);
+    let mut dx_nhwc = vec![0.0f32; g.batch * pixels];
+    dx_nhwc.par_chunks_mut((images_per_task * pixels).max(1)).enumerate().for_each(|(task, images)| {
+        let first = task * images_per_task * per_image;
+        let n = images.len() / pixels.max(1) * per_image;
+        with_scratch(n * k, |dcol| {
+            // dcol[n, K] = G[n, Cout] · kernel[Cout, K]
+            gemm_f32_into(Parallelism::None, [n, k, cout], dcol, [k as isize, 1], &grad_nhwc[first * cout..][..n * cout], [cout as isize, 1], &kernel, [k as isize, 1]);
+            // SAFETY: the gemm call wrote all `n × K` slots.
+            let rows = unsafe { std::slice::from_raw_parts(dcol.as_ptr().cast::<f32>(), n * k) };
+            for (image, image_rows) in images.chunks_exact_mut(pixels).zip(rows.chunks_exact(per_image * k)) {
+                add_rows_to_image(image, image_rows, g);
+            }
+        });
+    });
     transpose_each_image(&dx_nhwc, h * w, cin)
 }
 

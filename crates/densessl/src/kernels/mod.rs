@@ -16,6 +16,7 @@
 pub mod batch_norm;
 pub mod batch_norm_cpu;
 pub mod conv_cpu;
+pub mod gemm;
 pub mod transpose;
 
 use std::sync::OnceLock;
