@@ -79,6 +79,8 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    let runtime = densessl::runtime::configure();
+    tracing::debug!("runtime: {runtime:?}");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pretrain(args) => pretrain::run(args),

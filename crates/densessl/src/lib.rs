@@ -19,6 +19,7 @@ pub mod npy;
 pub mod plot;
 pub mod pretext;
 pub mod quickstart;
+pub mod runtime;
 pub mod seg;
 pub mod train;
 pub mod views;

@@ -1,0 +1,50 @@
+//! Process-wide CPU settings the binary applies before any work starts (issue 9).
+//!
+//! - **The main thread joins rayon's pool** (`use_current_thread`): training code calls the
+//!   kernels from the main thread, and rayon would otherwise have it hand every parallel
+//!   region to the pool's threads and sleep until they finish — one more thread than cores,
+//!   and two wake-ups per region (about 6,000 context switches per ResNet-18 step on 2
+//!   cores, against 200 with the main thread in the pool).
+//! - **glibc keeps freed memory** (`mallopt`): the kernels' tasks each call `gemm`, which
+//!   allocates its packing buffers per call; with glibc's adaptive thresholds those came
+//!   back as fresh mappings, and the page faults tripled a stem convolution's time.
+//!
+//! `DENSESSL_RUNTIME=default` leaves both as the platform sets them (for A/B measurements:
+//! docs/BENCHMARKS.md, "Attempt 7").
+
+/// Applies the settings above once; call it first in `main`, before anything uses rayon.
+/// Returns what was applied, for the log.
+pub fn configure() -> Vec<&'static str> {
+    if std::env::var("DENSESSL_RUNTIME").is_ok_and(|v| v == "default") {
+        return Vec::new();
+    }
+    let mut applied = Vec::new();
+    if rayon::ThreadPoolBuilder::new().use_current_thread().build_global().is_ok() {
+        applied.push("main thread in rayon's pool");
+    }
+    if keep_freed_memory() {
+        applied.push("glibc keeps freed memory");
+    }
+    applied
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() -> bool {
+    // Allocations below 32 MB (glibc's largest mmap threshold) come from the heap, and up to
+    // 512 MB of free heap top stays mapped; setting them turns glibc's adaptive thresholds off.
+    const MMAP_THRESHOLD: i32 = 32 << 20;
+    const TRIM_THRESHOLD: i32 = 512 << 20;
+    const TOP_PAD: i32 = 64 << 20;
+    // SAFETY: `mallopt` only changes allocator parameters; no allocation is in flight that
+    // the call could invalidate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+            && libc::mallopt(libc::M_TOP_PAD, TOP_PAD) == 1
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() -> bool {
+    false
+}
