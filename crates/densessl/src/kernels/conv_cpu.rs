@@ -5,10 +5,11 @@
 //! it a matrix of 9–36 columns, and its weight gradient is a convolution whose kernel is
 //! the output gradient. Here every pass takes the positions of the *whole batch* at once:
 //! the input is turned into rows of im2col (`[B·Ho·Wo, k·k·Cin]`, read from an NHWC copy
-//! so each tap is one contiguous run of channels), in chunks that bound the memory, and
-//! each chunk is one multithreaded `gemm` call:
+//! so each tap is one contiguous run of channels), split into tasks of about 1 MB of rows,
+//! and each task builds its rows and multiplies them on one thread (see [`super::gemm`]):
 //! - forward: `Y[P, Cout] = col[P, K] · Wᵀ[K, Cout]`;
-//! - weight gradient: `dW[Cout, K] += Gᵀ[Cout, P] · col[P, K]`, accumulated over chunks;
+//! - weight gradient: `dW[Cout, K] = Σ_tasks Gᵀ[Cout, rows] · col[rows, K]`, one partial per
+//!   task, summed in task order (so the result does not depend on which thread ran which task);
 //! - data gradient (stride 1): the forward pass of the output gradient with the kernel
 //!   flipped and its channels swapped, padded by `d·(k−1) − p`;
 //! - data gradient (other strides): col2im, `dcol[P, K] = G[P, Cout] · W[Cout, K]`, each
