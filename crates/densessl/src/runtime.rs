@@ -19,13 +19,26 @@ pub fn configure() -> Vec<&'static str> {
         return Vec::new();
     }
     let mut applied = Vec::new();
-    if rayon::ThreadPoolBuilder::new().use_current_thread().build_global().is_ok() {
+    // With one thread the pool would be the main thread alone, and work that other threads
+    // hand to the pool (the data loader's decoding) would wait for the main thread, which may
+    // be waiting for that very loader: a deadlock. Rayon's default stays there.
+    if pool_threads() >= 2 && rayon::ThreadPoolBuilder::new().use_current_thread().build_global().is_ok() {
         applied.push("main thread in rayon's pool");
     }
     if keep_freed_memory() {
         applied.push("glibc keeps freed memory");
     }
     applied
+}
+
+/// The size rayon gives its global pool: `RAYON_NUM_THREADS` (the experiment runner shares
+/// the cores out through it), else one thread per core.
+fn pool_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
