@@ -16,7 +16,8 @@
 //!   row added back onto the pixels its taps read.
 //!
 //! When both gradients are needed, [`conv2d_gradients`] transposes the output gradient to
-//! NHWC once for the two of them.
+//! NHWC once for the two of them. 1×1 stride-1 convolutions on larger maps skip all of this:
+//! [`super::pointwise`] multiplies them image by image straight from NCHW.
 //!
 //! Measured effect and the shapes it was measured on: docs/BENCHMARKS.md (issue 9).
 
@@ -25,6 +26,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::gemm::{gemm_f32_into, rows_per_task, with_scratch, Parallelism};
+use super::pointwise;
 use super::transpose::transpose_each_image;
 
 /// Fewest im2col rows a forward task multiplies (gemm's f32 kernels take 64 rows at a time on
@@ -163,6 +165,9 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
     assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
     let [h, w] = g.input;
     assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
+    if pointwise::applies(g) {
+        return pointwise::forward(x, weight, g);
+    }
     forward_nhwc(&to_nhwc(x, g), &flatten_kernel(weight, g), g)
 }
 
@@ -216,6 +221,9 @@ fn im2col_all(x_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
 /// Weight gradient: `x [B, Cin, H, W]`, output gradient `[B, Cout, Ho, Wo]` →
 /// `[Cout, Cin, kh, kw]`.
 pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    if pointwise::applies(g) {
+        return pointwise::weight_gradient(x, grad, g);
+    }
     weight_gradient_nhwc(x, &grad_to_nhwc(grad, g), g)
 }
 
@@ -272,12 +280,18 @@ fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f
 /// the forward pass of the gradient with the flipped, channel-swapped kernel (where
 /// [`ConvGeometry::data_gradient_as_forward`] allows it); other strides as col2im.
 pub fn conv2d_data_gradient(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    if pointwise::applies(g) {
+        return pointwise::data_gradient(weight, grad, g);
+    }
     data_gradient_nhwc(weight, &grad_to_nhwc(grad, g), g)
 }
 
 /// Both gradients, `(dx [B, Cin, H, W], dW [Cout, Cin, kh, kw])`, from one NHWC copy of the
 /// output gradient instead of one each.
 pub fn conv2d_gradients(x: &[f32], weight: &[f32], grad: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
+    if pointwise::applies(g) {
+        return (pointwise::data_gradient(weight, grad, g), pointwise::weight_gradient(x, grad, g));
+    }
     let grad_nhwc = grad_to_nhwc(grad, g);
     (data_gradient_nhwc(weight, &grad_nhwc, g), weight_gradient_nhwc(x, &grad_nhwc, g))
 }

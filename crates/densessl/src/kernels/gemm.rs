@@ -63,19 +63,37 @@ pub fn gemm_f32_into(
     rhs_strides: [isize; 2],
 ) {
     // SAFETY: `dst` is a live, exclusively borrowed slice of `dst.len()` slots.
-    unsafe { gemm_raw(parallelism, dims, dst.as_mut_ptr().cast(), dst.len(), dst_strides, [lhs, rhs], [lhs_strides, rhs_strides]) }
+    unsafe { gemm_raw(parallelism, dims, dst.as_mut_ptr().cast(), dst.len(), dst_strides, false, [lhs, rhs], [lhs_strides, rhs_strides]) }
+}
+
+/// `dst[m×n] += lhs[m×k] · rhs[k×n]` with explicit (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_add(
+    parallelism: Parallelism,
+    dims: [usize; 3],
+    dst: &mut [f32],
+    dst_strides: [isize; 2],
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+) {
+    // SAFETY: `dst` is a live, exclusively borrowed slice of `dst.len()` initialised floats.
+    unsafe { gemm_raw(parallelism, dims, dst.as_mut_ptr(), dst.len(), dst_strides, true, [lhs, rhs], [lhs_strides, rhs_strides]) }
 }
 
 /// The one call into `gemm`, after checking that every element it touches is in bounds.
 ///
 /// # Safety
-/// `dst` must point to `dst_len` writable floats that alias neither operand.
+/// `dst` must point to `dst_len` writable floats that alias neither operand, and hold
+/// initialised values when `accumulate` is true.
 unsafe fn gemm_raw(
     parallelism: Parallelism,
     [m, n, k]: [usize; 3],
     dst: *mut f32,
     dst_len: usize,
     dst_strides: [isize; 2],
+    accumulate: bool,
     [lhs, rhs]: [&[f32]; 2],
     [lhs_strides, rhs_strides]: [[isize; 2]; 2],
 ) {
@@ -94,7 +112,7 @@ unsafe fn gemm_raw(
             dst,
             dst_strides[1],
             dst_strides[0],
-            false,
+            accumulate,
             lhs.as_ptr(),
             lhs_strides[1],
             lhs_strides[0],

@@ -17,6 +17,7 @@ pub mod batch_norm;
 pub mod batch_norm_cpu;
 pub mod conv_cpu;
 pub mod gemm;
+pub mod pointwise;
 pub mod transpose;
 
 use std::sync::OnceLock;
@@ -127,10 +128,12 @@ fn cpu_geometry(x: &FloatTensor<Flex>, weight: &FloatTensor<Flex>, options: &Con
     })
 }
 
-/// 1×1, stride-1 convolutions: burn-flex's forward (and so its data gradient) is already one
-/// gemm per image straight from NCHW, faster than the NHWC round trip (docs/BENCHMARKS.md).
+/// 1×1, stride-1 convolutions on small maps: burn-flex's forward (and so its data gradient)
+/// is one gemm per image straight from NCHW, as fast there as the NHWC round trip of the
+/// batch-wide kernels (docs/BENCHMARKS.md, attempts 4 and 7). Larger maps go to
+/// [`pointwise`], which does the same per image with single-threaded products.
 fn burn_is_one_gemm(g: &ConvGeometry) -> bool {
-    g.kernel == [1, 1] && g.stride == [1, 1]
+    g.kernel == [1, 1] && g.stride == [1, 1] && !pointwise::applies(g)
 }
 
 /// The tensor in a contiguous buffer of its own size (no copy when it already is one).
