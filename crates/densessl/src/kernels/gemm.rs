@@ -16,9 +16,10 @@ pub use gemm::Parallelism;
 /// the panel of the kernel they meet stay in a core's L2).
 pub const TASK_FLOATS: usize = 1 << 18;
 
-/// Rows per task for `positions` rows of `row_len` floats: about [`TASK_FLOATS`] per task but
-/// at least `min_rows` (fewer rows make the product too thin to run at speed), and a number of
-/// tasks that is a multiple of the thread count, so no thread is left with one task more.
+/// Rows per task for `positions` rows of `row_len` floats: about [`TASK_FLOATS`] per task, or
+/// `min_rows` where that is more (fewer rows make the product too thin to run at speed); then
+/// the rows are spread evenly over a number of tasks that is a multiple of the thread count,
+/// so no thread is left with one task more (which may take a task below `min_rows`).
 pub fn rows_per_task(positions: usize, row_len: usize, min_rows: usize) -> usize {
     if positions == 0 {
         return 1;
