@@ -268,7 +268,7 @@ fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f
     unsafe { partials.set_len(tasks * size) };
     let mut flat = partials[..size].to_vec();
     flat.par_chunks_mut(SUM_CHUNK).enumerate().for_each(|(i, sum)| {
-        for partial in partials.chunks_exact(size).skip(1) {
+        for partial in partials.chunks_exact(size.max(1)).skip(1) {
             sum.iter_mut().zip(&partial[i * SUM_CHUNK..]).for_each(|(s, v)| *s += v);
         }
     });
