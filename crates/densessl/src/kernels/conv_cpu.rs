@@ -25,7 +25,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm_f32_into, rows_per_task, with_scratch, Parallelism};
+use super::gemm::{gemm_f32_into, rows_per_task, sum_partials_in_order, with_scratch, Parallelism};
 use super::pointwise;
 use super::transpose::transpose_each_image;
 
@@ -36,9 +36,6 @@ const MIN_FORWARD_ROWS: usize = 64;
 /// Fewest rows a weight-gradient task reduces over: each task writes a whole partial dW
 /// (`Cout × K`, up to 9 MB in ResNet's layer4), which fewer rows would not pay for.
 const MIN_WEIGHT_GRADIENT_ROWS: usize = 256;
-
-/// Floats per parallel chunk when the weight gradient's partials are summed.
-const SUM_CHUNK: usize = 1 << 14;
 
 /// Geometry of one 2-D convolution (one group, symmetric padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,12 +263,7 @@ fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f
     });
     // SAFETY: the tasks' blocks tile all `tasks × size` slots and each gemm call wrote its block.
     unsafe { partials.set_len(tasks * size) };
-    let mut flat = partials[..size].to_vec();
-    flat.par_chunks_mut(SUM_CHUNK).enumerate().for_each(|(i, sum)| {
-        for partial in partials.chunks_exact(size.max(1)).skip(1) {
-            sum.iter_mut().zip(&partial[i * SUM_CHUNK..]).for_each(|(s, v)| *s += v);
-        }
-    });
+    let flat = sum_partials_in_order(&partials, size);
     // [Cout, (ky, kx, c)] → [Cout, c, ky, kx]
     transpose_each_image(&flat, g.kernel[0] * g.kernel[1], g.cin)
 }

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 pub use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// About how many floats of im2col rows one task builds and multiplies (1 MB: the rows and
 /// the panel of the kernel they meet stay in a core's L2).
@@ -28,6 +29,22 @@ pub fn rows_per_task(positions: usize, row_len: usize, min_rows: usize) -> usize
     let cap = (TASK_FLOATS / row_len.max(1)).max(min_rows).max(1);
     let tasks = positions.div_ceil(cap).next_multiple_of(threads);
     positions.div_ceil(tasks)
+}
+
+/// Floats per parallel chunk when per-task partials are summed.
+const SUM_CHUNK: usize = 1 << 14;
+
+/// The element-wise sum of consecutive partials of `size` floats each, added in their order
+/// (so the result does not depend on which thread computed which partial).
+pub fn sum_partials_in_order(partials: &[f32], size: usize) -> Vec<f32> {
+    let mut parts = partials.chunks_exact(size.max(1));
+    let mut sum = parts.next().map_or_else(|| vec![0.0; size], <[f32]>::to_vec);
+    sum.par_chunks_mut(SUM_CHUNK).enumerate().for_each(|(i, chunk)| {
+        for part in parts.clone() {
+            chunk.iter_mut().zip(&part[i * SUM_CHUNK..]).for_each(|(s, v)| *s += v);
+        }
+    });
+    sum
 }
 
 thread_local! {

@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::conv_cpu::ConvGeometry;
-use super::gemm::{gemm_f32_add, gemm_f32_into, rows_per_task, Parallelism};
+use super::gemm::{gemm_f32_add, gemm_f32_into, rows_per_task, sum_partials_in_order, Parallelism};
 
 /// Fewest positions per image for the per-image products.
 pub const MIN_PIXELS: usize = 64;
@@ -80,10 +80,5 @@ pub fn weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
             gemm_f32_add(Parallelism::None, [cout, cin, hw], partial, [cin as isize, 1], g_b, [hw as isize, 1], x_b, [1, hw as isize]);
         }
     });
-    let mut parts = partials.chunks_exact(size.max(1));
-    let mut sum = parts.next().map_or_else(|| vec![0.0; size], <[f32]>::to_vec);
-    for part in parts {
-        sum.iter_mut().zip(part).for_each(|(s, v)| *s += v);
-    }
-    sum
+    sum_partials_in_order(&partials, size)
 }
