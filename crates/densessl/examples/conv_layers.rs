@@ -1,6 +1,7 @@
 //! Times the CPU convolution kernels on ResNet-18's 3×3 and stem shapes at batch 32 and
 //! 96 px: forward, data gradient and weight gradient of each layer, the fastest of 9 calls.
-//! The binary's runtime settings (`densessl::runtime`) are not applied here.
+//! The binary's runtime settings (`densessl::runtime`) apply, as in `densessl bench`
+//! (`DENSESSL_RUNTIME=default` turns them off).
 //!
 //! ```sh
 //! cargo run --release --example conv_layers             # every layer
@@ -43,6 +44,7 @@ fn ramp(n: usize, period: usize) -> Vec<f32> {
 }
 
 fn main() {
+    densessl::runtime::configure();
     let only = std::env::var("LAYER").ok();
     let mut total = [0.0; 3];
     for (name, cin, cout, side, k, s, p) in LAYERS {
