@@ -25,7 +25,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm_f32_into, rows_per_task, sum_partials_in_order, with_scratch, Parallelism};
+use super::gemm::{gemm_f32_into, rows_per_task, sum_partials_in_order, with_scratch, Parallelism, SharedDestination};
 use super::pointwise;
 use super::transpose::transpose_each_image;
 
@@ -172,15 +172,30 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
 /// order, `[Cout, (ky, kx, c)]`; the output is NCHW.
 fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [ho, wo] = g.output();
+    let per_image = ho * wo;
     let (k, cout, positions) = (g.row_len(), g.cout, g.positions());
     let len = positions * cout;
     let mut y = Vec::with_capacity(len);
     let y_slots = &mut y.spare_capacity_mut()[..len];
     if kernel_outweighs_rows(g) {
         let col = im2col_all(x_nhwc, g);
-        gemm_f32_into(Parallelism::Rayon(0), [positions, cout, k], y_slots, [cout as isize, 1], &col, [k as isize, 1], kernel, [1, k as isize]);
+        // Y[P, Cout] in tasks of output channels: gemm packs the kernel on one thread before
+        // it multiplies (even when it multiplies on several), so each task packs only its own
+        // channels. Multiples of 16 channels keep gemm's 16-float vectors full.
+        let threads = rayon::current_num_threads().max(1);
+        let channels = cout.div_ceil(2 * threads).next_multiple_of(16);
+        let y_columns = SharedDestination::new(y_slots);
+        (0..cout.div_ceil(channels)).into_par_iter().for_each(|task| {
+            let first = task * channels;
+            let n = channels.min(cout - first);
+            // SAFETY: each task writes only its own columns `first..first + n` of Y, and `y`
+            // outlives the parallel loop.
+            unsafe { y_columns.gemm_into([positions, n, k], first, [cout as isize, 1], &col, [k as isize, 1], &kernel[first * k..][..n * k], [1, k as isize]) };
+        });
     } else {
-        let rows = rows_per_task(positions, k, MIN_FORWARD_ROWS);
+        // Each task packs the whole kernel before it multiplies: with at least twice as many
+        // rows as the kernel has output channels, that costs at most half of building the rows.
+        let rows = rows_per_task(positions, k, MIN_FORWARD_ROWS.max(2 * cout));
         y_slots.par_chunks_mut((rows * cout).max(1)).enumerate().for_each(|(task, out)| {
             let n = out.len() / cout.max(1);
             with_scratch(n * k, |col| {
@@ -190,9 +205,9 @@ fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
             });
         });
     }
-    // SAFETY: the gemm calls wrote all `positions × Cout` slots (the tasks' blocks tile them).
+    // SAFETY: the products wrote all `positions × Cout` slots (the tasks' blocks tile them).
     unsafe { y.set_len(len) };
-    transpose_each_image(&y, ho * wo, cout)
+    transpose_each_image(&y, per_image, cout)
 }
 
 /// Whether the kernel (`K × Cout`) is the larger operand, by more than the rows (`P × K`)

@@ -84,6 +84,52 @@ pub fn gemm_f32_into(
     unsafe { gemm_raw(parallelism, dims, dst.as_mut_ptr().cast(), dst.len(), dst_strides, false, [lhs, rhs], [lhs_strides, rhs_strides]) }
 }
 
+/// A destination several tasks write at once, each to its own elements, which interleave
+/// (columns of one matrix), so no task can hold its part as a slice of its own.
+#[derive(Clone, Copy)]
+pub struct SharedDestination {
+    first: *mut f32,
+    len: usize,
+}
+
+// SAFETY: a `SharedDestination` is only written through [`SharedDestination::gemm_into`],
+// whose callers promise that no two products write one element.
+unsafe impl Send for SharedDestination {}
+// SAFETY: as above.
+unsafe impl Sync for SharedDestination {}
+
+impl SharedDestination {
+    /// The slots of `dst`, to be written by several tasks.
+    pub fn new(dst: &mut [MaybeUninit<f32>]) -> Self {
+        Self { first: dst.as_mut_ptr().cast(), len: dst.len() }
+    }
+
+    /// `dst[offset + i·rs + j·cs] = (lhs · rhs)[i, j]` for the `m×n` product on this thread
+    /// (see [`gemm_f32_into`]), bounds checked.
+    ///
+    /// # Safety
+    /// No other product may write any element this one writes, and the slots this
+    /// destination was made from must still be borrowed by the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_into(
+        self,
+        dims: [usize; 3],
+        offset: usize,
+        dst_strides: [isize; 2],
+        lhs: &[f32],
+        lhs_strides: [isize; 2],
+        rhs: &[f32],
+        rhs_strides: [isize; 2],
+    ) {
+        assert!(offset < self.len.max(1), "gemm: destination offset out of bounds");
+        // SAFETY: `offset` is inside the buffer (asserted), gemm_raw checks the product's last
+        // element against what remains, and the caller guarantees the elements are its own.
+        unsafe {
+            gemm_raw(Parallelism::None, dims, self.first.add(offset), self.len - offset, dst_strides, false, [lhs, rhs], [lhs_strides, rhs_strides]);
+        }
+    }
+}
+
 /// `dst[m×n] += lhs[m×k] · rhs[k×n]` with explicit (row, column) strides.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_f32_add(
