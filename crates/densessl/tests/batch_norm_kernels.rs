@@ -1,13 +1,17 @@
 //! The training-mode batch-norm kernels (`densessl::kernels::batch_norm`) against burn's own
 //! `batch_norm_train`, which `train_step.rs` and `seg_step.rs` tie to PyTorch: output,
 //! statistics and the three gradients through autodiff; the module path's running
-//! statistics; a hand-checked case of the slice functions; random shapes.
+//! statistics; a hand-checked case of the slice functions; random shapes. The same for the
+//! fused `relu(bn(x) [+ residual])` of `densessl::kernels::batch_norm_relu`, against burn's
+//! batch norm, addition and ReLU.
 
 use burn::nn::{BatchNorm, BatchNormConfig};
+use burn::tensor::activation::relu;
 use burn::tensor::module::batch_norm_train;
 use burn::tensor::{Device, Distribution, Tensor};
 use densessl::kernels::batch_norm::{batch_norm_batch_stats, batch_norm_module};
 use densessl::kernels::batch_norm_cpu::{self, Planes};
+use densessl::kernels::batch_norm_relu::{batch_norm_relu_batch_stats, batch_norm_relu_module};
 use proptest::prelude::*;
 
 mod kernel_parity;
@@ -118,6 +122,78 @@ fn slice_functions_by_hand() {
     assert!(dx.iter().all(|d| d.abs() < 1e-6), "{dx:?}");
     assert_eq!(dbeta, vec![4.0]);
     assert!(dgamma[0].abs() < 1e-6);
+}
+
+/// `relu(bn(x) + r)` (or `relu(bn(x))` without `r`) fused and through burn's operations:
+/// the differences of output, mean, variance and the gradients of `Σ y ⊙ w` for x, gamma,
+/// beta (and the residual), in that order.
+fn compare_fused(dims: [usize; 4], with_residual: bool) -> Vec<f32> {
+    let device = Device::flex().autodiff();
+    let channels = dims[1];
+    let x = Tensor::<4>::random(dims, Distribution::Normal(3.0, 2.0), &device);
+    let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.5), &device);
+    // Betas around 0, so the ReLU cuts about half of each channel.
+    let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.5), &device);
+    let residual = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+    let run = |ours: bool| {
+        let (x, gamma, beta) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+        let residual = residual.clone().require_grad();
+        let (y, mean, variance) = if ours {
+            batch_norm_relu_batch_stats(x.clone(), gamma.clone(), beta.clone(), with_residual.then(|| residual.clone()), 1e-5)
+        } else {
+            let result = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+            let pre = if with_residual { result.output + residual.clone() } else { result.output };
+            (relu(pre), result.mean, result.variance)
+        };
+        assert_eq!(y.dims(), dims);
+        let grads = (y.clone() * w.clone()).sum().backward();
+        let grad = |t: &Tensor<1>| values(t.grad(&grads).unwrap());
+        let mut all = vec![values(y), values(mean), values(variance), values(x.grad(&grads).unwrap()), grad(&gamma), grad(&beta)];
+        if with_residual {
+            all.push(values(residual.grad(&grads).unwrap()));
+        }
+        all
+    };
+    let (ours, burn) = (run(true), run(false));
+    // The ReLU cut some values and kept others (else the test would not test it).
+    let kept = ours[0].iter().filter(|&&v| v > 0.0).count();
+    assert!(kept > 0 && kept < ours[0].len(), "{dims:?}: the ReLU kept {kept} of {}", ours[0].len());
+    ours.iter().zip(&burn).map(|(a, b)| difference(a, b)).collect()
+}
+
+#[test]
+fn fused_relu_matches_burn() {
+    for dims in [[8, 16, 12, 12], [4, 64, 3, 3], [2, 3, 5, 7]] {
+        for with_residual in [false, true] {
+            let names = NAMES.iter().copied().chain(["residual gradient"]);
+            for (name, d) in names.zip(compare_fused(dims, with_residual)) {
+                assert!(d < TOLERANCE, "{dims:?}, residual {with_residual}: {name} differs by {d:.1e} (tolerance {TOLERANCE:.0e})");
+            }
+        }
+    }
+}
+
+/// The fused module path returns burn's `relu(BatchNorm::forward(x) + r)` and updates the
+/// running statistics as burn's module does, with autodiff and without.
+#[test]
+fn fused_module_path_matches_burns_module() {
+    for device in [Device::flex().autodiff(), Device::flex()] {
+        let x = Tensor::<4>::random([4, 6, 5, 5], Distribution::Normal(1.0, 2.0), &device);
+        let r = Tensor::<4>::random([4, 6, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+        let ours: BatchNorm = BatchNormConfig::new(6).with_momentum(0.3).init(&device);
+        let burns = ours.clone();
+        let a = batch_norm_relu_module(&ours, x.clone(), Some(r.clone()));
+        let b = relu(burns.forward(x.clone()) + r);
+        assert!(max_relative_difference(&values(a), &values(b)) < TOLERANCE);
+        let a = batch_norm_relu_module(&ours, x.clone(), None);
+        let b = relu(burns.forward(x));
+        assert!(max_relative_difference(&values(a), &values(b)) < TOLERANCE);
+        let running = |bn: &BatchNorm| [values(bn.running_mean.value()), values(bn.running_var.value())];
+        for (a, b) in running(&ours).iter().zip(running(&burns)) {
+            assert!(max_relative_difference(a, &b) < TOLERANCE, "{a:?} vs {b:?}");
+        }
+    }
 }
 
 proptest! {

@@ -86,7 +86,7 @@ fn use_burn_batch_norm() -> bool {
 }
 
 /// The `[N, C, S]` sizes when the CPU kernels cover these tensors, else `None`.
-fn cpu_planes(tensors: &[&FloatTensor<Flex>]) -> Option<Planes> {
+pub(super) fn cpu_planes(tensors: &[&FloatTensor<Flex>]) -> Option<Planes> {
     if use_burn_batch_norm() || tensors.iter().any(|t| t.dtype() != DType::F32) {
         return None;
     }
@@ -97,12 +97,14 @@ fn cpu_planes(tensors: &[&FloatTensor<Flex>]) -> Option<Planes> {
     Some(Planes { batch: shape[0], channels: shape[1], plane: shape.num_elements() / (shape[0] * shape[1]).max(1) })
 }
 
-fn values(tensor: FloatTensor<Flex>) -> (FlexTensor, Vec<usize>) {
+/// The tensor in contiguous order, and its dimensions.
+pub(super) fn values(tensor: FloatTensor<Flex>) -> (FlexTensor, Vec<usize>) {
     let dims = tensor.shape().to_vec();
     (tensor.to_contiguous(), dims)
 }
 
-fn tensor(values: Vec<f32>, dims: Vec<usize>) -> FloatTensor<Flex> {
+/// A burn-flex tensor of these values and dimensions.
+pub(super) fn tensor(values: Vec<f32>, dims: Vec<usize>) -> FloatTensor<Flex> {
     FlexTensor::from_data(TensorData::new(values, dims))
 }
 
@@ -211,12 +213,18 @@ pub fn batch_norm_module<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor
     if !(x.device().is_autodiff() && bn.training.is_enabled()) {
         return bn.forward(x);
     }
-    let device = x.device();
     let (output, mean, variance) = batch_norm_batch_stats(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    update_running_statistics(bn, mean, variance);
+    output
+}
+
+/// Moves `bn`'s running mean and variance towards a batch's, as burn's `BatchNorm::forward`
+/// does in training.
+pub(super) fn update_running_statistics(bn: &BatchNorm, mean: Tensor<1>, variance: Tensor<1>) {
+    let device = mean.device();
     let blend = |running: Tensor<1>, batch: Tensor<1>| {
         running.to_device(&device).mul_scalar(1.0 - bn.momentum).add(batch.detach().mul_scalar(bn.momentum)).detach()
     };
     bn.running_mean.update(blend(bn.running_mean.value_sync(), mean));
     bn.running_var.update(blend(bn.running_var.value_sync(), variance));
-    output
 }

@@ -92,17 +92,49 @@ fn map_planes(p: Planes, write: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec
 /// Training-mode forward: `(output, mean, variance)`, with
 /// `output = (x − mean) / sqrt(variance + epsilon) · gamma + beta` per channel.
 pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, p: Planes) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_then(x, gamma, beta, epsilon, p, Epilogue::default())
+}
+
+/// What the forward pass applies to each normalised value before it writes it, so that a
+/// ResNet's `relu(bn(x))` and `relu(bn(x) + identity)` take one pass instead of three.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to the normalised value (`[N, C, S]`, as `x`).
+    pub residual: Option<&'a [f32]>,
+    /// Then `max(·, 0)`.
+    pub relu: bool,
+}
+
+/// [`forward`], then the `epilogue`: `output = relu?(bn(x) + residual?)`.
+pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, p: Planes, epilogue: Epilogue) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert!(gamma.len() == p.channels && beta.len() == p.channels, "gamma and beta must be [C]");
+    assert!(epilogue.residual.is_none_or(|r| r.len() == x.len()), "the residual must be shaped as x");
     let (mean, variance) = statistics(x, p);
     // y = scale·x + shift, folded per channel.
     let scale: Vec<f32> = (0..p.channels).map(|c| gamma[c] / (f64::from(variance[c]) + epsilon).sqrt() as f32).collect();
     let shift: Vec<f32> = (0..p.channels).map(|c| beta[c] - mean[c] * scale[c]).collect();
     let output = map_planes(p, |n, c, out| {
-        for (o, &v) in out.iter_mut().zip(p.of(x, n, c)) {
-            *o = v * scale[c] + shift[c];
+        let (xs, (a, b)) = (p.of(x, n, c), (scale[c], shift[c]));
+        // One loop per case, so each stays branch-free and vectorises.
+        match (epilogue.residual.map(|r| p.of(r, n, c)), epilogue.relu) {
+            (None, false) => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + b),
+            (None, true) => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = (v * a + b).max(0.0)),
+            (Some(rs), false) => out.iter_mut().zip(xs).zip(rs).for_each(|((o, &v), &r)| *o = (v * a + b) + r),
+            (Some(rs), true) => out.iter_mut().zip(xs).zip(rs).for_each(|((o, &v), &r)| *o = ((v * a + b) + r).max(0.0)),
         }
     });
     (output, mean, variance)
+}
+
+/// ReLU's backward pass: `dy` where the ReLU's `output` is positive, else 0.
+pub fn relu_gradient(output: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert_eq!(output.len(), dy.len(), "the output and its gradient differ in size");
+    let mut masked = vec![0.0f32; dy.len()];
+    const CHUNK: usize = 1 << 14;
+    masked.par_chunks_mut(CHUNK).zip(output.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(m, (ys, gs))| {
+        m.iter_mut().zip(ys).zip(gs).for_each(|((m, &y), &g)| *m = if y > 0.0 { g } else { 0.0 });
+    });
+    masked
 }
 
 /// Gradients of [`forward`] given the output gradient `dy`: `(dx, dgamma, dbeta)`.

@@ -1,5 +1,6 @@
 //! Faster operations plugged into burn through its backend-extension mechanism (issue 9):
-//! convolutions here, training-mode batch norm in [`batch_norm`].
+//! convolutions here, training-mode batch norm in [`batch_norm`], and batch norm fused with
+//! the ReLU (and residual addition) after it in [`batch_norm_relu`].
 //!
 //! [`ConvKernels`] is a backend extension: a bias-free 2-D convolution whose forward pass and
 //! both gradients a backend may replace. On burn-flex (the CPU backend) the ResNet encoder's
@@ -15,6 +16,7 @@
 
 pub mod batch_norm;
 pub mod batch_norm_cpu;
+pub mod batch_norm_relu;
 pub mod conv_cpu;
 pub mod gemm;
 pub mod pointwise;

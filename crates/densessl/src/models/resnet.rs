@@ -8,11 +8,11 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::conv2d_module;
 use crate::kernels::batch_norm::batch_norm_module;
+use crate::kernels::batch_norm_relu::batch_norm_relu_module;
 
 /// Configuration of a ResNet encoder.
 #[derive(Config, Debug, PartialEq)]
@@ -235,13 +235,14 @@ impl Block {
             Some(d) => batch_norm_module(&d.bn, conv2d_module(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(batch_norm_module(&self.bn1, conv2d_module(&self.conv1, x)));
-        let out = batch_norm_module(&self.bn2, conv2d_module(&self.conv2, out));
-        let out = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => batch_norm_module(bn3, conv2d_module(conv3, relu(out))),
-            _ => out,
-        };
-        relu(out + identity)
+        let out = batch_norm_relu_module(&self.bn1, conv2d_module(&self.conv1, x), None);
+        match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let out = batch_norm_relu_module(&self.bn2, conv2d_module(&self.conv2, out), None);
+                batch_norm_relu_module(bn3, conv2d_module(conv3, out), Some(identity))
+            }
+            _ => batch_norm_relu_module(&self.bn2, conv2d_module(&self.conv2, out), Some(identity)),
+        }
     }
 }
 
@@ -253,7 +254,7 @@ impl ResNet {
     /// # Shapes
     /// `[B, 3, H, W]` → C2 `[B, C2, H/4, W/4]` … C5 `[B, C5, H/os, W/os]`
     pub fn forward(&self, x: Tensor<4>) -> Features {
-        let x = relu(batch_norm_module(&self.bn1, conv2d_module(&self.conv1, x)));
+        let x = batch_norm_relu_module(&self.bn1, conv2d_module(&self.conv1, x), None);
         let x = self.maxpool.forward(x);
         let c2 = run(&self.layer1, x);
         let c3 = run(&self.layer2, c2.clone());

@@ -4,11 +4,11 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::conv2d_module;
 use crate::kernels::batch_norm::batch_norm_module;
+use crate::kernels::batch_norm_relu::batch_norm_relu_module;
 
 /// mmcv `kaiming_init(conv, mode="fan_out", nonlinearity="relu")`, what ConvModule uses.
 pub(crate) fn kaiming_fan_out() -> Initializer {
@@ -53,8 +53,8 @@ impl ConvModule {
     /// # Shapes
     /// `[B, cin, h, w]` → `[B, cout, h, w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = batch_norm_module(&self.bn, conv2d_module(&self.conv, x));
-        if self.relu { relu(y) } else { y }
+        let y = conv2d_module(&self.conv, x);
+        if self.relu { batch_norm_relu_module(&self.bn, y, None) } else { batch_norm_module(&self.bn, y) }
     }
 }
 

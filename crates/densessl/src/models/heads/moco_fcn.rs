@@ -4,12 +4,11 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::channel_dropout::ChannelDropout;
 use crate::kernels::conv2d_module;
-use crate::kernels::batch_norm::batch_norm_module;
+use crate::kernels::batch_norm_relu::batch_norm_relu_module;
 use super::HeadConfig;
 use crate::models::resnet::Features;
 
@@ -60,8 +59,8 @@ impl MocoFcnHead {
     /// # Shapes
     /// C5 `[B, Cin, h, w]` → `[B, channels, h, w]`
     pub fn decode(&self, features: &Features) -> Tensor<4> {
-        let x = relu(batch_norm_module(&self.bn1, conv2d_module(&self.conv1, features.c5.clone())));
-        relu(batch_norm_module(&self.bn2, conv2d_module(&self.conv2, x)))
+        let x = batch_norm_relu_module(&self.bn1, conv2d_module(&self.conv1, features.c5.clone()), None);
+        batch_norm_relu_module(&self.bn2, conv2d_module(&self.conv2, x), None)
     }
 
     /// # Shapes

@@ -1,0 +1,310 @@
+//! Batch norm fused with what follows it in a ResNet, `relu(bn(x))` and
+//! `relu(bn(x) + identity)`, as backend-extension operations (issue 9, attempt 8).
+//!
+//! burn-flex runs ReLU, ReLU's backward pass and the residual addition as element-wise
+//! passes over whole activations on one thread. Fused, the forward's addition and ReLU ride
+//! on the batch-norm kernel's own parallel pass ([`batch_norm_cpu::forward_then`]), and the
+//! backward pass masks the gradient in parallel before the batch-norm gradients. Every other
+//! backend composes burn's own operations (the trait's default bodies), and so does burn-flex
+//! where [`batch_norm`](super::batch_norm)'s kernels do not apply (`DENSESSL_BN_KERNELS=burn`
+//! among them). The autodiff implementation records one node whose backward pass calls the
+//! inner backend's [`BatchNormReluKernels::batch_norm_relu_gradients`].
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::nn::BatchNorm;
+use burn::tensor::activation::relu;
+use burn::tensor::Tensor;
+
+use super::batch_norm::{cpu_planes, tensor, update_running_statistics, values};
+use super::batch_norm_cpu::{self, Epilogue};
+
+/// Training-mode batch norm followed by ReLU (and before it, a residual addition), whose
+/// forward pass and gradients a backend may replace.
+///
+/// Shapes: `x`, `residual`, `output` and the gradients of activations `[N, C, ...]`; `gamma`,
+/// `beta`, mean and (biased) variance `[C]`.
+#[backend_extension(Flex, Autodiff, Cube: cfg(any(feature = "vulkan", feature = "cuda")))]
+pub trait BatchNormReluKernels: Backend {
+    /// `(relu(bn(x)), mean, variance)` with the batch statistics.
+    fn batch_norm_relu_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        burn_relu_batch_stats::<Self>(x, gamma, beta, None, epsilon)
+    }
+
+    /// `(relu(bn(x) + residual), mean, variance)` with the batch statistics.
+    fn batch_norm_add_relu_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        burn_relu_batch_stats::<Self>(x, gamma, beta, Some(residual), epsilon)
+    }
+
+    /// `(x_grad, gamma_grad, beta_grad, pre_activation_grad)` given the fused operation's
+    /// `output` and its gradient; the gradient before the ReLU is also the residual's.
+    fn batch_norm_relu_gradients(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        burn_relu_gradients::<Self>(x, gamma, mean, variance, output, output_grad, epsilon)
+    }
+}
+
+/// burn's own `relu(bn(x) [+ residual])`, as `(output, mean, variance)`.
+fn burn_relu_batch_stats<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    residual: Option<FloatTensor<B>>,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let result = B::batch_norm_train(x, gamma, beta, epsilon);
+    let pre_activation = match residual {
+        Some(residual) => B::float_add(result.output, residual),
+        None => result.output,
+    };
+    (B::relu(pre_activation), result.mean, result.variance)
+}
+
+/// burn's own gradients of `relu(bn(x) [+ residual])`.
+fn burn_relu_gradients<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    variance: FloatTensor<B>,
+    output: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let masked = B::relu_backward(output, output_grad);
+    let result = B::batch_norm_train_backward(x, gamma, mean, variance, epsilon, masked.clone());
+    (result.x_grad, result.gamma_grad, result.beta_grad, masked)
+}
+
+#[cfg(any(feature = "vulkan", feature = "cuda"))]
+impl BatchNormReluKernels for burn::backend::Cube {}
+
+/// The fused forward on burn-flex: the CPU kernels, or burn's operations where they do not apply.
+fn flex_forward(
+    x: FloatTensor<Flex>,
+    gamma: FloatTensor<Flex>,
+    beta: FloatTensor<Flex>,
+    residual: Option<FloatTensor<Flex>>,
+    epsilon: f64,
+) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
+    let covered = cpu_planes(&[&x, &gamma, &beta])
+        .filter(|_| residual.as_ref().is_none_or(|r| r.shape() == x.shape() && cpu_planes(&[r]).is_some()));
+    let Some(p) = covered else {
+        return burn_relu_batch_stats::<Flex>(x, gamma, beta, residual, epsilon);
+    };
+    let ((x, dims), (gamma, _), (beta, _)) = (values(x), values(gamma), values(beta));
+    let residual = residual.map(|r| values(r).0);
+    let epilogue = Epilogue { residual: residual.as_ref().map(|r| r.storage()), relu: true };
+    let (y, mean, var) = batch_norm_cpu::forward_then(x.storage(), gamma.storage(), beta.storage(), epsilon, p, epilogue);
+    (tensor(y, dims), tensor(mean, vec![p.channels]), tensor(var, vec![p.channels]))
+}
+
+impl BatchNormReluKernels for Flex {
+    fn batch_norm_relu_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        flex_forward(x, gamma, beta, None, epsilon)
+    }
+
+    fn batch_norm_add_relu_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        flex_forward(x, gamma, beta, Some(residual), epsilon)
+    }
+
+    fn batch_norm_relu_gradients(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let covered = cpu_planes(&[&x, &gamma, &mean, &variance, &output, &output_grad])
+            .filter(|_| output.shape() == x.shape() && output_grad.shape() == x.shape());
+        let Some(p) = covered else {
+            return burn_relu_gradients::<Self>(x, gamma, mean, variance, output, output_grad, epsilon);
+        };
+        let ((x, dims), (gamma, _), (mean, _), (variance, _)) = (values(x), values(gamma), values(mean), values(variance));
+        let ((output, _), (dy, _)) = (values(output), values(output_grad));
+        let masked = batch_norm_cpu::relu_gradient(output.storage(), dy.storage());
+        let (dx, dgamma, dbeta) =
+            batch_norm_cpu::backward(x.storage(), gamma.storage(), mean.storage(), variance.storage(), epsilon, &masked, p);
+        let channels = vec![p.channels];
+        (tensor(dx, dims.clone()), tensor(dgamma, channels.clone()), tensor(dbeta, channels), tensor(masked, dims))
+    }
+}
+
+/// What the fused node keeps for its backward pass: the checkpointed input and gamma, the
+/// batch statistics, the output (ReLU's mask) and epsilon.
+type FusedState<B> = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
+
+/// The backward pass shared by both fused nodes: `(dx, dgamma, dbeta, pre_activation_grad)`.
+fn fused_backward<B: Backend + BatchNormReluKernels>(
+    state: FusedState<B>,
+    grad: FloatTensor<B>,
+    checkpointer: &mut Checkpointer,
+) -> [FloatTensor<B>; 4] {
+    let (x_state, gamma_state, mean, variance, output, epsilon) = state;
+    let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
+    let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_state);
+    let (dx, dgamma, dbeta, masked) = B::batch_norm_relu_gradients(x, gamma, mean, variance, output, grad, epsilon);
+    [dx, dgamma, dbeta, masked]
+}
+
+impl<B: Backend + BatchNormReluKernels, C: CheckpointStrategy> BatchNormReluKernels for Autodiff<B, C> {
+    fn batch_norm_relu_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        #[derive(Debug)]
+        struct BatchNormRelu;
+
+        impl<B: Backend + BatchNormReluKernels> Backward<B, 3> for BatchNormRelu {
+            type State = FusedState<B>;
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let [dx, dgamma, dbeta, _] = fused_backward::<B>(ops.state, grad, checkpointer);
+                for (node, gradient) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, gradient);
+                    }
+                }
+            }
+        }
+
+        let untracked = |t| FloatTensor::<Self>::new(t);
+        match BatchNormRelu.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let (y, mean, variance) =
+                    B::batch_norm_relu_batch_stats(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                let state = (x_state, gamma_state, mean.clone(), variance.clone(), y.clone(), epsilon);
+                (prep.finish(state, y), untracked(mean), untracked(variance))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, variance) =
+                    B::batch_norm_relu_batch_stats(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                (prep.finish(y), untracked(mean), untracked(variance))
+            }
+        }
+    }
+
+    fn batch_norm_add_relu_batch_stats(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        #[derive(Debug)]
+        struct BatchNormAddRelu;
+
+        impl<B: Backend + BatchNormReluKernels> Backward<B, 4> for BatchNormAddRelu {
+            type State = FusedState<B>;
+
+            fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let gradients = fused_backward::<B>(ops.state, grad, checkpointer);
+                for (node, gradient) in ops.parents.into_iter().zip(gradients) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, gradient);
+                    }
+                }
+            }
+        }
+
+        let untracked = |t| FloatTensor::<Self>::new(t);
+        let parents = [x.node(), gamma.node(), beta.node(), residual.node()];
+        match BatchNormAddRelu.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let (y, mean, variance) = B::batch_norm_add_relu_batch_stats(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    residual.into_primitive(),
+                    epsilon,
+                );
+                let state = (x_state, gamma_state, mean.clone(), variance.clone(), y.clone(), epsilon);
+                (prep.finish(state, y), untracked(mean), untracked(variance))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, variance) = B::batch_norm_add_relu_batch_stats(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    residual.into_primitive(),
+                    epsilon,
+                );
+                (prep.finish(y), untracked(mean), untracked(variance))
+            }
+        }
+    }
+}
+
+/// `relu(bn(x) + residual)`, or `relu(bn(x))` without a residual, through
+/// [`BatchNormReluKernels`]: `(output, mean, variance)` with the batch statistics.
+pub fn batch_norm_relu_batch_stats<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    residual: Option<Tensor<D>>,
+    epsilon: f64,
+) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    let (x, gamma, beta) = (x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch());
+    let (y, mean, variance) = match residual {
+        Some(r) => <Dispatch as BatchNormReluKernels>::batch_norm_add_relu_batch_stats(x, gamma, beta, r.into_dispatch(), epsilon),
+        None => <Dispatch as BatchNormReluKernels>::batch_norm_relu_batch_stats(x, gamma, beta, epsilon),
+    };
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(mean), Tensor::from_dispatch(variance))
+}
+
+/// `relu(bn(x) + residual)` (or `relu(bn(x))`) for a burn [`BatchNorm`] module: fused in
+/// training (running statistics updated exactly as burn's module does); inference and frozen
+/// layers take burn's module, the addition and ReLU as they are.
+pub fn batch_norm_relu_module<const D: usize>(bn: &BatchNorm, x: Tensor<D>, residual: Option<Tensor<D>>) -> Tensor<D> {
+    if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        let y = bn.forward(x);
+        return relu(match residual {
+            Some(r) => y + r,
+            None => y,
+        });
+    }
+    let (output, mean, variance) = batch_norm_relu_batch_stats(x, bn.gamma.val(), bn.beta.val(), residual, bn.epsilon);
+    update_running_statistics(bn, mean, variance);
+    output
+}
