@@ -266,19 +266,33 @@ fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f
     // result does not depend on which thread ran which task.
     let rows = rows_per_task(positions, k, MIN_WEIGHT_GRADIENT_ROWS);
     let tasks = positions.div_ceil(rows).max(1);
+    // gemm writes along whichever side of dW is contiguous, and packs the operand it reads
+    // along that side unless it comes in whole 16-float vectors. K of the stem (7·7·3 = 147)
+    // does not, Cout does: there each partial is dWᵀ[K, Cout] instead, and turned at the end.
+    let kernel_major = k % 16 != 0 && cout % 16 == 0;
     let mut partials: Vec<f32> = Vec::with_capacity(tasks * size);
     partials.spare_capacity_mut()[..tasks * size].par_chunks_mut(size.max(1)).enumerate().for_each(|(task, partial)| {
         let first = (task * rows).min(positions);
         let n = rows.min(positions - first);
+        let grad_rows = &grad_nhwc[first * cout..][..n * cout];
         with_scratch(n * k, |col| {
             let col = im2col_rows(&x_nhwc, g, first, col);
-            // dW_task[Cout, K] = Gᵀ[Cout, rows] · col[rows, K]
-            gemm_f32_into(Parallelism::None, [cout, k, n], partial, [k as isize, 1], &grad_nhwc[first * cout..][..n * cout], [1, cout as isize], col, [k as isize, 1]);
+            if kernel_major {
+                // dWᵀ_task[K, Cout] = colᵀ[K, rows] · G[rows, Cout]
+                gemm_f32_into(Parallelism::None, [k, cout, n], partial, [cout as isize, 1], col, [1, k as isize], grad_rows, [cout as isize, 1]);
+            } else {
+                // dW_task[Cout, K] = Gᵀ[Cout, rows] · col[rows, K]
+                gemm_f32_into(Parallelism::None, [cout, k, n], partial, [k as isize, 1], grad_rows, [1, cout as isize], col, [k as isize, 1]);
+            }
         });
     });
     // SAFETY: the tasks' blocks tile all `tasks × size` slots and each gemm call wrote its block.
     unsafe { partials.set_len(tasks * size) };
-    let flat = sum_partials_in_order(&partials, size);
+    let mut flat = sum_partials_in_order(&partials, size);
+    if kernel_major {
+        // [K, Cout] → [Cout, K]
+        flat = transpose_each_image(&flat, k, cout);
+    }
     // [Cout, (ky, kx, c)] → [Cout, c, ky, kx]
     transpose_each_image(&flat, g.kernel[0] * g.kernel[1], g.cin)
 }
