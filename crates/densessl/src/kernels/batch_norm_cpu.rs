@@ -12,6 +12,8 @@
 //! same way); `gamma`, `beta`, mean and variance `[C]`. The variance is the biased one, as
 //! burn and PyTorch normalise with.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Sizes of an `[N, C, S]` activation.
@@ -51,19 +53,6 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(rest)
 }
 
-/// Sum of `f(a, b)` over two planes of equal length, as [`lane_sum`].
-fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut lanes = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let rest: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
-    for (xa, xb) in ca.zip(cb) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(xa).zip(xb) {
-            *lane += f(x, y);
-        }
-    }
-    lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(rest)
-}
-
 /// Per-channel batch mean and biased variance (two passes: the mean, then squared deviations).
 pub fn statistics(x: &[f32], p: Planes) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(x.len(), p.batch * p.channels * p.plane, "x is not [N, C, S]");
@@ -78,14 +67,37 @@ pub fn statistics(x: &[f32], p: Planes) -> (Vec<f32>, Vec<f32>) {
         .unzip()
 }
 
-/// Writes `a[c]·value + b[c]` of every value of `x` (or of `a·dy + b·(x − shift) + d`, see
-/// [`backward`]) plane by plane into a new buffer.
-fn map_planes(p: Planes, write: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; p.batch * p.channels * p.plane];
+/// About how many floats one task of a plane-by-plane pass writes: planes of a ResNet's last
+/// stage hold 9 values, and a task per plane would cost more than its work.
+const TASK_FLOATS: usize = 1 << 14;
+
+/// Planes per task of a plane-by-plane pass (at least one).
+fn planes_per_task(p: Planes) -> usize {
+    (TASK_FLOATS / p.plane.max(1)).max(1)
+}
+
+/// Runs `write(n, c, plane_of_out)` for every plane of `out` (`[N, C, S]`, not yet
+/// initialised), in parallel tasks of whole planes.
+fn for_each_plane(out: &mut [MaybeUninit<f32>], p: Planes, write: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync) {
     if p.plane == 0 {
-        return out;
+        return;
     }
-    out.par_chunks_mut(p.plane).enumerate().for_each(|(index, plane)| write(index / p.channels, index % p.channels, plane));
+    let planes = planes_per_task(p);
+    out.par_chunks_mut(planes * p.plane).enumerate().for_each(|(task, chunk)| {
+        for (i, plane) in chunk.chunks_exact_mut(p.plane).enumerate() {
+            let index = task * planes + i;
+            write(index / p.channels, index % p.channels, plane);
+        }
+    });
+}
+
+/// A new `[N, C, S]` buffer whose planes `write(n, c, plane)` fills, every value of it.
+fn map_planes(p: Planes, write: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let len = p.batch * p.channels * p.plane;
+    let mut out = Vec::with_capacity(len);
+    for_each_plane(&mut out.spare_capacity_mut()[..len], p, write);
+    // SAFETY: every plane was handed to `write`, whose contract is to fill it.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -117,24 +129,13 @@ pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, p: Pla
         let (xs, (a, b)) = (p.of(x, n, c), (scale[c], shift[c]));
         // One loop per case, so each stays branch-free and vectorises.
         match (epilogue.residual.map(|r| p.of(r, n, c)), epilogue.relu) {
-            (None, false) => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + b),
-            (None, true) => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = (v * a + b).max(0.0)),
-            (Some(rs), false) => out.iter_mut().zip(xs).zip(rs).for_each(|((o, &v), &r)| *o = (v * a + b) + r),
-            (Some(rs), true) => out.iter_mut().zip(xs).zip(rs).for_each(|((o, &v), &r)| *o = ((v * a + b) + r).max(0.0)),
+            (None, false) => out.iter_mut().zip(xs).for_each(|(o, &v)| _ = o.write(v * a + b)),
+            (None, true) => out.iter_mut().zip(xs).for_each(|(o, &v)| _ = o.write((v * a + b).max(0.0))),
+            (Some(rs), false) => out.iter_mut().zip(xs).zip(rs).for_each(|((o, &v), &r)| _ = o.write((v * a + b) + r)),
+            (Some(rs), true) => out.iter_mut().zip(xs).zip(rs).for_each(|((o, &v), &r)| _ = o.write(((v * a + b) + r).max(0.0))),
         }
     });
     (output, mean, variance)
-}
-
-/// ReLU's backward pass: `dy` where the ReLU's `output` is positive, else 0.
-pub fn relu_gradient(output: &[f32], dy: &[f32]) -> Vec<f32> {
-    assert_eq!(output.len(), dy.len(), "the output and its gradient differ in size");
-    let mut masked = vec![0.0f32; dy.len()];
-    const CHUNK: usize = 1 << 14;
-    masked.par_chunks_mut(CHUNK).zip(output.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(m, (ys, gs))| {
-        m.iter_mut().zip(ys).zip(gs).for_each(|((m, &y), &g)| *m = if y > 0.0 { g } else { 0.0 });
-    });
-    masked
 }
 
 /// Gradients of [`forward`] given the output gradient `dy`: `(dx, dgamma, dbeta)`.
@@ -150,30 +151,159 @@ pub fn backward(
     dy: &[f32],
     p: Planes,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let statistics = Statistics { gamma, mean, variance, epsilon };
+    let (dx, dgamma, dbeta, _) = backward_through(x, statistics, dy, None, p);
+    (dx, dgamma, dbeta)
+}
+
+/// The forward pass's per-channel inputs that its gradients need.
+#[derive(Debug, Clone, Copy)]
+pub struct Statistics<'a> {
+    /// γ, `[C]`.
+    pub gamma: &'a [f32],
+    /// Batch mean, `[C]`.
+    pub mean: &'a [f32],
+    /// Biased batch variance, `[C]`.
+    pub variance: &'a [f32],
+    /// As in the forward pass.
+    pub epsilon: f64,
+}
+
+/// Gradients of `relu(bn(x) + residual?)` (see [`forward_then`]) given its `output` and the
+/// output gradient `dy`: `(dx, dgamma, dbeta, masked)`, where `masked` (`dy` where the output
+/// is positive, else 0: the gradient of the residual) is returned only if `keep_masked`.
+/// The mask is applied as the values are read, in the same two passes as [`backward`].
+pub fn backward_through_relu(
+    x: &[f32],
+    statistics: Statistics,
+    output: &[f32],
+    dy: &[f32],
+    keep_masked: bool,
+    p: Planes,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    assert_eq!(output.len(), dy.len(), "the output and its gradient differ in size");
+    backward_through(x, statistics, dy, Some((output, keep_masked)), p)
+}
+
+/// `dy` where `output` (if any) is positive, else 0.
+#[inline(always)]
+fn masked(g: f32, output: Option<f32>) -> f32 {
+    match output {
+        Some(y) => keep_where_positive(g, y),
+        None => g,
+    }
+}
+
+/// `g` where `y > 0`, else 0, without a branch: the signs of a ReLU's inputs follow no
+/// pattern, and a branch here mispredicted half the time.
+#[inline(always)]
+fn keep_where_positive(g: f32, y: f32) -> f32 {
+    f32::from_bits(g.to_bits() & u32::from(y > 0.0).wrapping_neg())
+}
+
+/// `(Σ g, Σ g·(x − mean))` over one plane, `g` the output gradient masked by the ReLU's
+/// output where there is one; eight `f32` lanes per sum (so it vectorises), added in `f64`.
+fn plane_sums(xs: &[f32], gs: &[f32], ys: Option<&[f32]>, mean: f32) -> (f64, f64) {
+    let (mut sums, mut centred) = ([0.0f32; 8], [0.0f32; 8]);
+    let (xc, gc) = (xs.chunks_exact(8), gs.chunks_exact(8));
+    let (mut sum_rest, mut centred_rest) = (0.0f32, 0.0f32);
+    let whole = xs.len() / 8 * 8;
+    match ys {
+        None => xc.zip(gc).for_each(|(x8, g8)| {
+            for lane in 0..8 {
+                sums[lane] += g8[lane];
+                centred[lane] += g8[lane] * (x8[lane] - mean);
+            }
+        }),
+        Some(ys) => xc.zip(gc).zip(ys.chunks_exact(8)).for_each(|((x8, g8), y8)| {
+            for lane in 0..8 {
+                let g = keep_where_positive(g8[lane], y8[lane]);
+                sums[lane] += g;
+                centred[lane] += g * (x8[lane] - mean);
+            }
+        }),
+    }
+    for i in whole..xs.len() {
+        let g = masked(gs[i], ys.map(|ys| ys[i]));
+        sum_rest += g;
+        centred_rest += g * (xs[i] - mean);
+    }
+    let total = |lanes: [f32; 8], rest: f32| lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(rest);
+    (total(sums, sum_rest), total(centred, centred_rest))
+}
+
+/// [`backward`] and [`backward_through_relu`]: `relu` is the ReLU's output and whether to
+/// return the masked gradient.
+fn backward_through(
+    x: &[f32],
+    statistics: Statistics,
+    dy: &[f32],
+    relu: Option<(&[f32], bool)>,
+    p: Planes,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let Statistics { gamma, mean, variance, epsilon } = statistics;
     assert_eq!(x.len(), dy.len(), "x and its output gradient differ in size");
+    assert_eq!(x.len(), p.batch * p.channels * p.plane, "x is not [N, C, S]");
     assert!(gamma.len() == p.channels && mean.len() == p.channels && variance.len() == p.channels, "per-channel inputs must be [C]");
+    let output = relu.map(|(output, _)| output);
     let inv_std: Vec<f32> = variance.iter().map(|&v| (1.0 / (f64::from(v) + epsilon).sqrt()) as f32).collect();
     let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (0..p.channels)
         .into_par_iter()
         .map(|c| {
             let (mut sum, mut centred) = (0.0f64, 0.0f64);
             for n in 0..p.batch {
-                let (xs, gs) = (p.of(x, n, c), p.of(dy, n, c));
-                sum += lane_sum(gs, |g| g);
-                centred += lane_sum2(xs, gs, |v, g| g * (v - mean[c]));
+                let (s, t) = plane_sums(p.of(x, n, c), p.of(dy, n, c), output.map(|y| p.of(y, n, c)), mean[c]);
+                sum += s;
+                centred += t;
             }
             (sum as f32, (centred * f64::from(inv_std[c])) as f32)
         })
         .unzip();
-    // dx = a·dy + b·(x − mean) + d per channel.
+    // dx = a·g + b·(x − mean) + d per channel.
     let m = p.count() as f32;
     let a: Vec<f32> = (0..p.channels).map(|c| gamma[c] * inv_std[c]).collect();
     let b: Vec<f32> = (0..p.channels).map(|c| -a[c] * inv_std[c] * dgamma[c] / m).collect();
     let d: Vec<f32> = (0..p.channels).map(|c| -a[c] * dbeta[c] / m).collect();
-    let dx = map_planes(p, |n, c, out| {
-        for ((o, &v), &g) in out.iter_mut().zip(p.of(x, n, c)).zip(p.of(dy, n, c)) {
-            *o = a[c] * g + b[c] * (v - mean[c]) + d[c];
+    // One pass writes dx, and the masked gradient where it is kept.
+    let keep = relu.is_some_and(|(_, keep)| keep);
+    let len = x.len();
+    let (mut dx, mut kept) = (Vec::with_capacity(len), Vec::with_capacity(if keep { len } else { 0 }));
+    let planes = planes_per_task(p);
+    let write_task = |task: usize, dxs: &mut [MaybeUninit<f32>], mut ms: Option<&mut [MaybeUninit<f32>]>| {
+        for (i, out) in dxs.chunks_exact_mut(p.plane).enumerate() {
+            let index = task * planes + i;
+            let (n, c) = (index / p.channels, index % p.channels);
+            let (xs, gs, (a, b, d, mean)) = (p.of(x, n, c), p.of(dy, n, c), (a[c], b[c], d[c], mean[c]));
+            let Some(ys) = output.map(|ys| p.of(ys, n, c)) else {
+                out.iter_mut().zip(xs).zip(gs).for_each(|((o, &v), &g)| _ = o.write(a * g + b * (v - mean) + d));
+                continue;
+            };
+            let values = out.iter_mut().zip(xs).zip(gs.iter().zip(ys).map(|(&g, &y)| masked(g, Some(y))));
+            match ms.as_deref_mut() {
+                Some(ms) => values.zip(&mut ms[i * p.plane..][..p.plane]).for_each(|(((o, &v), g), m)| {
+                    o.write(a * g + b * (v - mean) + d);
+                    m.write(g);
+                }),
+                None => values.for_each(|((o, &v), g)| _ = o.write(a * g + b * (v - mean) + d)),
+            }
         }
-    });
-    (dx, dgamma, dbeta)
+    };
+    if p.plane > 0 {
+        let chunk = planes * p.plane;
+        let dx_slots = dx.spare_capacity_mut()[..len].par_chunks_mut(chunk);
+        if keep {
+            dx_slots.zip(kept.spare_capacity_mut()[..len].par_chunks_mut(chunk)).enumerate().for_each(|(task, (dxs, ms))| write_task(task, dxs, Some(ms)));
+        } else {
+            dx_slots.enumerate().for_each(|(task, dxs)| write_task(task, dxs, None));
+        }
+    }
+    // SAFETY: the tasks' chunks tile all `len` slots of dx (and of `kept` when kept), and every
+    // plane of each was written above.
+    unsafe {
+        dx.set_len(len);
+        if keep {
+            kept.set_len(len);
+        }
+    }
+    (dx, dgamma, dbeta, keep.then_some(kept))
 }

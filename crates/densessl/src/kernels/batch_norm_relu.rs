@@ -22,7 +22,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::Tensor;
 
 use super::batch_norm::{cpu_planes, tensor, update_running_statistics, values};
-use super::batch_norm_cpu::{self, Epilogue};
+use super::batch_norm_cpu::{self, Epilogue, Statistics};
 
 /// Training-mode batch norm followed by ReLU (and before it, a residual addition), whose
 /// forward pass and gradients a backend may replace.
@@ -53,7 +53,10 @@ pub trait BatchNormReluKernels: Backend {
     }
 
     /// `(x_grad, gamma_grad, beta_grad, pre_activation_grad)` given the fused operation's
-    /// `output` and its gradient; the gradient before the ReLU is also the residual's.
+    /// `output` and its gradient. The gradient before the ReLU (also the residual's) is
+    /// asked for with `keep_masked`; without it a backend may return any tensor there (the
+    /// CPU kernels return an empty one rather than write it).
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_relu_gradients(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -62,7 +65,9 @@ pub trait BatchNormReluKernels: Backend {
         output: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         epsilon: f64,
+        keep_masked: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = keep_masked;
         burn_relu_gradients::<Self>(x, gamma, mean, variance, output, output_grad, epsilon)
     }
 }
@@ -149,6 +154,7 @@ impl BatchNormReluKernels for Flex {
         output: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         epsilon: f64,
+        keep_masked: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let covered = cpu_planes(&[&x, &gamma, &mean, &variance, &output, &output_grad])
             .filter(|_| output.shape() == x.shape() && output_grad.shape() == x.shape());
@@ -157,11 +163,13 @@ impl BatchNormReluKernels for Flex {
         };
         let ((x, dims), (gamma, _), (mean, _), (variance, _)) = (values(x), values(gamma), values(mean), values(variance));
         let ((output, _), (dy, _)) = (values(output), values(output_grad));
-        let masked = batch_norm_cpu::relu_gradient(output.storage(), dy.storage());
-        let (dx, dgamma, dbeta) =
-            batch_norm_cpu::backward(x.storage(), gamma.storage(), mean.storage(), variance.storage(), epsilon, &masked, p);
+        let statistics = Statistics { gamma: gamma.storage(), mean: mean.storage(), variance: variance.storage(), epsilon };
+        let (dx, dgamma, dbeta, masked) =
+            batch_norm_cpu::backward_through_relu(x.storage(), statistics, output.storage(), dy.storage(), keep_masked, p);
         let channels = vec![p.channels];
-        (tensor(dx, dims.clone()), tensor(dgamma, channels.clone()), tensor(dbeta, channels), tensor(masked, dims))
+        // Without a residual the masked gradient goes nowhere: an empty tensor stands for it.
+        let masked = masked.map_or_else(|| tensor(Vec::new(), vec![0]), |m| tensor(m, dims.clone()));
+        (tensor(dx, dims), tensor(dgamma, channels.clone()), tensor(dbeta, channels), masked)
     }
 }
 
@@ -169,16 +177,18 @@ impl BatchNormReluKernels for Flex {
 /// batch statistics, the output (ReLU's mask) and epsilon.
 type FusedState<B> = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
 
-/// The backward pass shared by both fused nodes: `(dx, dgamma, dbeta, pre_activation_grad)`.
+/// The backward pass shared by both fused nodes: `(dx, dgamma, dbeta, pre_activation_grad)`,
+/// the last meaningful only `with_residual`.
 fn fused_backward<B: Backend + BatchNormReluKernels>(
     state: FusedState<B>,
     grad: FloatTensor<B>,
     checkpointer: &mut Checkpointer,
+    with_residual: bool,
 ) -> [FloatTensor<B>; 4] {
     let (x_state, gamma_state, mean, variance, output, epsilon) = state;
     let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
     let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_state);
-    let (dx, dgamma, dbeta, masked) = B::batch_norm_relu_gradients(x, gamma, mean, variance, output, grad, epsilon);
+    let (dx, dgamma, dbeta, masked) = B::batch_norm_relu_gradients(x, gamma, mean, variance, output, grad, epsilon, with_residual);
     [dx, dgamma, dbeta, masked]
 }
 
@@ -197,7 +207,7 @@ impl<B: Backend + BatchNormReluKernels, C: CheckpointStrategy> BatchNormReluKern
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
                 let grad = grads.consume::<B>(&ops.node);
-                let [dx, dgamma, dbeta, _] = fused_backward::<B>(ops.state, grad, checkpointer);
+                let [dx, dgamma, dbeta, _] = fused_backward::<B>(ops.state, grad, checkpointer, false);
                 for (node, gradient) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
                     if let Some(node) = node {
                         grads.register::<B>(node.id, gradient);
@@ -238,7 +248,7 @@ impl<B: Backend + BatchNormReluKernels, C: CheckpointStrategy> BatchNormReluKern
 
             fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
                 let grad = grads.consume::<B>(&ops.node);
-                let gradients = fused_backward::<B>(ops.state, grad, checkpointer);
+                let gradients = fused_backward::<B>(ops.state, grad, checkpointer, true);
                 for (node, gradient) in ops.parents.into_iter().zip(gradients) {
                     if let Some(node) = node {
                         grads.register::<B>(node.id, gradient);
