@@ -6,6 +6,7 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 use rand_chacha::ChaCha8Rng;
 
 const BUFFERS: [&str; 2] = ["running_mean", "running_var"];
@@ -31,13 +32,13 @@ impl ModuleVisitor for Collect {
     }
 }
 
-struct Blend {
+/// Puts the blended parameters back in visiting order.
+struct Replace {
     path: Vec<String>,
-    online: std::vec::IntoIter<Tensor<1>>,
-    momentum: f64,
+    blended: std::vec::IntoIter<Tensor<1>>,
 }
 
-impl ModuleMapper for Blend {
+impl ModuleMapper for Replace {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.push(name.to_string());
     }
@@ -48,22 +49,32 @@ impl ModuleMapper for Blend {
         if self.path.last().is_some_and(|n| BUFFERS.contains(&n.as_str())) {
             return param;
         }
-        let online = self.online.next().expect("key and online networks have the same parameters");
-        let m = self.momentum;
-        param.map(|key| {
-            let shape = key.shape();
-            assert_eq!(shape.num_elements(), online.shape().num_elements(), "parameter shapes differ");
-            (key * m + online.reshape(shape) * (1.0 - m)).detach()
-        })
+        let blended = self.blended.next().expect("one blended tensor per parameter");
+        param.map(|key| blended.reshape(key.shape()))
     }
 }
 
-/// Returns `key` with θ_k ← m·θ_k + (1 − m)·θ_q applied to every parameter.
-pub fn momentum_update<M: Module>(key: M, online: &M, momentum: f64) -> M {
+/// The parameters (not BN buffers) of `module`, flattened and detached, in visiting order.
+fn parameters<M: Module>(module: &M) -> Vec<Tensor<1>> {
     let mut collect = Collect { path: Vec::new(), tensors: Vec::new() };
-    online.visit(&mut collect);
-    let mut blend = Blend { path: Vec::new(), online: collect.tensors.into_iter(), momentum };
-    key.map(&mut blend)
+    module.visit(&mut collect);
+    collect.tensors
+}
+
+/// Returns `key` with θ_k ← m·θ_k + (1 − m)·θ_q applied to every parameter. The blends run
+/// in parallel across parameters: each is a few serial passes on the CPU backend.
+pub fn momentum_update<M: Module>(key: M, online: &M, momentum: f64) -> M {
+    let (keys, online) = (parameters(&key), parameters(online));
+    assert_eq!(keys.len(), online.len(), "key and online networks have the same parameters");
+    let blended: Vec<Tensor<1>> = keys
+        .into_par_iter()
+        .zip(online)
+        .map(|(key, online)| {
+            assert_eq!(key.dims(), online.dims(), "parameter shapes differ");
+            (key * momentum + online * (1.0 - momentum)).detach()
+        })
+        .collect();
+    key.map(&mut Replace { path: Vec::new(), blended: blended.into_iter() })
 }
 
 /// The manifest note of methods that use [`split_batch_forward`].
