@@ -176,7 +176,7 @@ impl PretextMethod for DenseCl {
         self.key = momentum_update(self.key.clone(), &self.online, self.settings.momentum);
         let (k_global, k_dense, k_cells) = self.keys(xk, rng);
         let tau = self.settings.temperature;
-        let (global_loss, global_logits) = info_nce(q_global, k_global.clone(), self.queue.rows(), tau);
+        let (global_loss, global_accuracy) = info_nce(q_global, k_global.clone(), self.queue.rows(), tau);
 
         // Dense: each query cell's positive is the key cell its backbone feature resembles most.
         let [b, d, hk, wk] = k_dense.dims();
@@ -185,7 +185,7 @@ impl PretextMethod for DenseCl {
         let k_flat = k_dense.clone().reshape([b, d, hk * wk]);
         let positives = k_flat.clone().gather(2, nearest.reshape([b, 1, h * w]).repeat_dim(1, d)); // [B, D, S]
         let positives = cells_as_rows(positives.reshape([b, d, h, w]));
-        let (dense_loss, dense_logits) = info_nce(cells_as_rows(q_dense), positives, self.dense_queue.rows(), tau);
+        let (dense_loss, dense_accuracy) = info_nce(cells_as_rows(q_dense), positives, self.dense_queue.rows(), tau);
 
         let lambda = self.dense_weight(progress.step);
         let loss = global_loss.clone() * (1.0 - lambda) + dense_loss.clone() * lambda;
@@ -194,17 +194,13 @@ impl PretextMethod for DenseCl {
         self.online = online;
         self.queue.push(k_global);
         self.dense_queue.push(l2_normalize(k_flat.mean_dim(2).reshape([b, d])));
-        let accuracy = |logits: Tensor<2>| {
-            let n = logits.dims()[0];
-            logits.detach().argmax(1).equal_elem(0).int().sum().into_scalar::<i64>() as f64 / n as f64
-        };
         Ok(StepOutput {
             loss: loss_value,
             metrics: vec![
                 ("loss_global", parts[0]),
                 ("loss_dense", parts[1]),
-                ("acc1", accuracy(global_logits)),
-                ("acc1_dense", accuracy(dense_logits)),
+                ("acc1", global_accuracy),
+                ("acc1_dense", dense_accuracy),
             ],
         })
     }

@@ -14,17 +14,28 @@ pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
 
 /// MoCo's InfoNCE (Oord et al. 2018; He et al. 2020): each query's positive is its key,
 /// its negatives the queue. Inputs are L2-normalised; `keys` and `queue` carry no gradient.
-/// Returns the mean loss and the logits (column 0 = positive).
+/// Returns the mean loss and the top-1 accuracy (the positive scores at least as high as
+/// every negative, as an argmax over `[positive, negatives]` that prefers the first).
+///
+/// The loss is `logsumexp([p, n₁ … n_K]) − p` per query, computed without concatenating the
+/// positive and the `K` negatives (a queue holds 65,536) and with `1/τ` applied to the
+/// queries instead of to the logits: fewer passes over the `N × K` logits, forward and
+/// backward, than cross-entropy over `[positive, negatives] / τ`.
 ///
 /// # Shapes
-/// queries `[N, D]`, keys `[N, D]`, queue `[K, D]` → loss `[1]`, logits `[N, 1 + K]`
-pub fn info_nce(queries: Tensor<2>, keys: Tensor<2>, queue: Tensor<2>, temperature: f64) -> (Tensor<1>, Tensor<2>) {
+/// queries `[N, D]`, keys `[N, D]`, queue `[K, D]` → loss `[1]`
+pub fn info_nce(queries: Tensor<2>, keys: Tensor<2>, queue: Tensor<2>, temperature: f64) -> (Tensor<1>, f64) {
     let [n, _] = queries.dims();
-    let positive = (queries.clone() * keys).sum_dim(1); // [N, 1]
-    let negative = queries.matmul(queue.transpose()); // [N, K]
-    let logits = Tensor::cat(vec![positive, negative], 1) / temperature;
-    let loss = -log_softmax(logits.clone(), 1).slice([0..n, 0..1]).mean();
-    (loss, logits)
+    let scaled = queries / temperature;
+    let positive = (scaled.clone() * keys).sum_dim(1); // [N, 1]
+    let negative = scaled.matmul(queue.transpose()); // [N, K]
+    let negative_max = negative.clone().detach().max_dim(1); // [N, 1]
+    // A constant shift keeps the exponentials finite; it carries no gradient (it cancels).
+    let shift = positive.clone().detach().max_pair(negative_max.clone());
+    let sum = (positive.clone() - shift.clone()).exp() + (negative - shift.clone()).exp().sum_dim(1);
+    let loss = (sum.log() + shift - positive.clone()).mean();
+    let hits = positive.detach().greater_equal(negative_max).int().sum().into_scalar::<i64>();
+    (loss, hits as f64 / n as f64)
 }
 
 /// InfoNCE where the positive is one of the candidates (PLMoCo): each query scores every
@@ -101,11 +112,46 @@ mod tests {
         let q = t(&[&[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0]]);
         let queue = t(&[&[0.0, 0.0, 1.0], &[0.0, 0.0, 1.0], &[0.0, 0.0, -1.0]]);
         let tau = 0.2;
-        let (loss, logits) = info_nce(q.clone(), q, queue, tau);
+        let (loss, accuracy) = info_nce(q.clone(), q, queue, tau);
         let expected = -((1.0f64 / tau).exp() / ((1.0f64 / tau).exp() + 3.0)).ln();
         let got = loss.into_scalar::<f32>() as f64;
         assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
-        assert_eq!(logits.dims(), [2, 4]);
+        // Both positives (1/τ) beat every negative (0).
+        assert_eq!(accuracy, 1.0);
+    }
+
+    /// The shifted, unconcatenated form against cross-entropy over `[positive, negatives] / τ`
+    /// (the form the torch fixture checks): loss, query gradient and accuracy.
+    #[test]
+    fn info_nce_matches_cross_entropy_over_concatenated_logits() {
+        use burn::tensor::{Device, Distribution};
+        let device = Device::flex().autodiff();
+        let (n, d, k, tau) = (6, 8, 50, 0.2);
+        let unit = |dims: [usize; 2]| l2_normalize(Tensor::<2>::random(dims, Distribution::Normal(0.0, 1.0), &device));
+        let (q, keys, queue) = (unit([n, d]).detach(), unit([n, d]).detach(), unit([k, d]).detach());
+        // Some keys equal to their queries, so both hits and misses occur.
+        let keys = Tensor::cat(vec![q.clone().slice([0..3, 0..d]), keys.slice([3..n, 0..d])], 0);
+        let run = |ours: bool| {
+            let q = q.clone().require_grad();
+            let (loss, accuracy) = if ours {
+                info_nce(q.clone(), keys.clone(), queue.clone(), tau)
+            } else {
+                let positive = (q.clone() * keys.clone()).sum_dim(1);
+                let logits = Tensor::cat(vec![positive, q.clone().matmul(queue.clone().transpose())], 1) / tau;
+                let hits = logits.clone().detach().argmax(1).equal_elem(0).int().sum().into_scalar::<i64>();
+                (-log_softmax(logits, 1).slice([0..n, 0..1]).mean(), hits as f64 / n as f64)
+            };
+            let grads = loss.backward();
+            let grad: Vec<f32> = q.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+            (loss.into_scalar::<f32>(), grad, accuracy)
+        };
+        let ((loss, grad, accuracy), (expected_loss, expected_grad, expected_accuracy)) = (run(true), run(false));
+        assert!((loss - expected_loss).abs() < 1e-5, "{loss} vs {expected_loss}");
+        for (a, b) in grad.iter().zip(&expected_grad) {
+            assert!((a - b).abs() < 1e-5, "query gradient {a} vs {b}");
+        }
+        assert_eq!(accuracy, expected_accuracy);
+        assert!(accuracy > 0.0 && accuracy < 1.0, "accuracy {accuracy}: the case should have hits and misses");
     }
 
     #[test]
