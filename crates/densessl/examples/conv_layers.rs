@@ -8,8 +8,6 @@
 //! LAYER=stem cargo run --release --example conv_layers  # the layers whose name starts so
 //! ```
 
-use std::time::Instant;
-
 use densessl::kernels::conv_cpu::{self, ConvGeometry};
 
 /// (name, channels in, channels out, input side, kernel, stride, padding)
@@ -26,22 +24,9 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize, usize); 8] = [
 
 const BATCH: usize = 32;
 
-/// The fastest of 9 calls of `f` after one warm-up call, in milliseconds.
-fn fastest_ms(f: impl Fn()) -> f64 {
-    f();
-    (0..9)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
-/// A deterministic ramp of `n` values in [0, 1).
-fn ramp(n: usize, period: usize) -> Vec<f32> {
-    (0..n).map(|i| (i % period) as f32 / period as f32).collect()
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{fastest_ms, ramp};
 
 fn main() {
     densessl::runtime::configure();
