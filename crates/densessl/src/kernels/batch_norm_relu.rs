@@ -177,8 +177,8 @@ impl BatchNormReluKernels for Flex {
 /// batch statistics, the output (ReLU's mask) and epsilon.
 type FusedState<B> = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
 
-/// The backward pass shared by both fused nodes: `(dx, dgamma, dbeta, pre_activation_grad)`,
-/// the last meaningful only `with_residual`.
+/// The fused node's backward pass: `[dx, dgamma, dbeta, pre_activation_grad]`, the last
+/// meaningful only `with_residual`.
 fn fused_backward<B: Backend + BatchNormReluKernels>(
     state: FusedState<B>,
     grad: FloatTensor<B>,
@@ -192,6 +192,48 @@ fn fused_backward<B: Backend + BatchNormReluKernels>(
     [dx, dgamma, dbeta, masked]
 }
 
+/// The fused node: `N` = 3 parents (x, gamma, beta), or 4 with the residual.
+#[derive(Debug)]
+struct FusedBatchNormRelu<const N: usize>;
+
+impl<B: Backend + BatchNormReluKernels, const N: usize> Backward<B, N> for FusedBatchNormRelu<N> {
+    type State = FusedState<B>;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        // [dx, dgamma, dbeta, residual gradient], the last only with a fourth parent.
+        let gradients = fused_backward::<B>(ops.state, grad, checkpointer, N == 4);
+        for (node, gradient) in ops.parents.into_iter().zip(gradients) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, gradient);
+            }
+        }
+    }
+}
+
+/// Records a [`FusedBatchNormRelu`] node over `inputs` (x, gamma, beta and maybe the residual)
+/// and runs `compute` on their primitives: `(output, mean, variance)`.
+fn record_fused<B: Backend + BatchNormReluKernels, C: CheckpointStrategy, const N: usize>(
+    inputs: [FloatTensor<Autodiff<B, C>>; N],
+    epsilon: f64,
+    compute: impl FnOnce([FloatTensor<B>; N]) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>),
+) -> (FloatTensor<Autodiff<B, C>>, FloatTensor<Autodiff<B, C>>, FloatTensor<Autodiff<B, C>>) {
+    let untracked = |t| FloatTensor::<Autodiff<B, C>>::new(t);
+    let parents = inputs.each_ref().map(|t| t.node());
+    match FusedBatchNormRelu::<N>.prepare::<C>(parents).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let (x_state, gamma_state) = (prep.checkpoint(&inputs[0]), prep.checkpoint(&inputs[1]));
+            let (y, mean, variance) = compute(inputs.map(|t| t.into_primitive()));
+            let state = (x_state, gamma_state, mean.clone(), variance.clone(), y.clone(), epsilon);
+            (prep.finish(state, y), untracked(mean), untracked(variance))
+        }
+        OpsKind::UnTracked(prep) => {
+            let (y, mean, variance) = compute(inputs.map(|t| t.into_primitive()));
+            (prep.finish(y), untracked(mean), untracked(variance))
+        }
+    }
+}
+
 impl<B: Backend + BatchNormReluKernels, C: CheckpointStrategy> BatchNormReluKernels for Autodiff<B, C> {
     fn batch_norm_relu_batch_stats(
         x: FloatTensor<Self>,
@@ -199,38 +241,7 @@ impl<B: Backend + BatchNormReluKernels, C: CheckpointStrategy> BatchNormReluKern
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        #[derive(Debug)]
-        struct BatchNormRelu;
-
-        impl<B: Backend + BatchNormReluKernels> Backward<B, 3> for BatchNormRelu {
-            type State = FusedState<B>;
-
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-                let grad = grads.consume::<B>(&ops.node);
-                let [dx, dgamma, dbeta, _] = fused_backward::<B>(ops.state, grad, checkpointer, false);
-                for (node, gradient) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, gradient);
-                    }
-                }
-            }
-        }
-
-        let untracked = |t| FloatTensor::<Self>::new(t);
-        match BatchNormRelu.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let (y, mean, variance) =
-                    B::batch_norm_relu_batch_stats(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
-                let state = (x_state, gamma_state, mean.clone(), variance.clone(), y.clone(), epsilon);
-                (prep.finish(state, y), untracked(mean), untracked(variance))
-            }
-            OpsKind::UnTracked(prep) => {
-                let (y, mean, variance) =
-                    B::batch_norm_relu_batch_stats(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
-                (prep.finish(y), untracked(mean), untracked(variance))
-            }
-        }
+        record_fused::<B, C, 3>([x, gamma, beta], epsilon, |[x, gamma, beta]| B::batch_norm_relu_batch_stats(x, gamma, beta, epsilon))
     }
 
     fn batch_norm_add_relu_batch_stats(
@@ -240,49 +251,9 @@ impl<B: Backend + BatchNormReluKernels, C: CheckpointStrategy> BatchNormReluKern
         residual: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        #[derive(Debug)]
-        struct BatchNormAddRelu;
-
-        impl<B: Backend + BatchNormReluKernels> Backward<B, 4> for BatchNormAddRelu {
-            type State = FusedState<B>;
-
-            fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-                let grad = grads.consume::<B>(&ops.node);
-                let gradients = fused_backward::<B>(ops.state, grad, checkpointer, true);
-                for (node, gradient) in ops.parents.into_iter().zip(gradients) {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, gradient);
-                    }
-                }
-            }
-        }
-
-        let untracked = |t| FloatTensor::<Self>::new(t);
-        let parents = [x.node(), gamma.node(), beta.node(), residual.node()];
-        match BatchNormAddRelu.prepare::<C>(parents).compute_bound().stateful() {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let (y, mean, variance) = B::batch_norm_add_relu_batch_stats(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    residual.into_primitive(),
-                    epsilon,
-                );
-                let state = (x_state, gamma_state, mean.clone(), variance.clone(), y.clone(), epsilon);
-                (prep.finish(state, y), untracked(mean), untracked(variance))
-            }
-            OpsKind::UnTracked(prep) => {
-                let (y, mean, variance) = B::batch_norm_add_relu_batch_stats(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    residual.into_primitive(),
-                    epsilon,
-                );
-                (prep.finish(y), untracked(mean), untracked(variance))
-            }
-        }
+        record_fused::<B, C, 4>([x, gamma, beta, residual], epsilon, |[x, gamma, beta, residual]| {
+            B::batch_norm_add_relu_batch_stats(x, gamma, beta, residual, epsilon)
+        })
     }
 }
 
