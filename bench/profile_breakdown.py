@@ -1,10 +1,11 @@
 """Sorts `perf script -F comm,tid,ip,sym` stacks into categories of a training step.
 
 Each sample goes to the first category whose pattern matches any frame of its stack, so the
-order below decides overlaps (a gemm inside a convolution counts as convolution). Rayon
-worker stacks do not reach the op that spawned them, so convolution forward and its weight
-gradient (both run burn_flex's conv3d_impl) share one row; the data gradient runs
-conv_transpose3d_impl and has its own. Usage: python3 bench/profile_breakdown.py STACKS
+order below decides overlaps: the kernels' transposes and im2col rows are their own rows
+before the convolution passes that call them. Rayon worker stacks start at the closure of
+the kernel that spawned them (`forward_nhwc::{{closure}}`, ...), not at its caller, so on the
+worker thread the stride-1 data gradient (a forward pass of the flipped kernel) counts as
+forward. Usage: python3 bench/profile_breakdown.py STACKS
 """
 import collections
 import re
@@ -14,15 +15,20 @@ CATEGORIES = [
     ("data loader thread (decode, augment)", r"densessl::data|Prefetcher|densessl-loader"),
     ("view drawing (crops, colour, patches)", r"densessl::views"),
     ("evaluation (val mIoU, kNN monitor)", r"densessl::seg::eval|evaluate|KnnMonitor"),
-    ("conv: data gradient, densessl kernel (flipped-kernel forward)", r"conv_cpu::(conv2d_)?data_gradient"),
-    ("conv: weight gradient, densessl kernel", r"conv_cpu::(conv2d_)?weight_gradient"),
-    ("conv: forward, densessl kernel", r"conv_cpu::conv2d_forward"),
-    ("conv: data gradient (conv_transpose3d)", r"conv_transpose"),
-    ("conv: forward + weight gradient (conv3d im2col + gemm)", r"conv3d|conv2d"),
-    ("batch norm", r"batch_norm|BatchNorm"),
-    ("pooling", r"pool"),
+    ("parameter init (before the timed steps)", r"TensorData::random"),
+    ("conv: transposes (NCHW <-> NHWC, kernel reorders)", r"transpose_each_image"),
+    ("conv: im2col rows, col2im", r"im2col_rows|add_rows_to_image"),
+    ("conv: data gradient, densessl kernel", r"data_gradient"),
+    ("conv: weight gradient, densessl kernel", r"weight_gradient"),
+    ("conv: forward, densessl kernel", r"conv2d_forward|forward_nhwc|pointwise::(forward|per_image)"),
+    ("conv: burn's (conv3d / conv_transpose3d)", r"conv_transpose|conv3d|burn_flex::ops::conv"),
+    ("batch norm (+ ReLU, residual)", r"batch_norm|BatchNorm"),
+    ("max-pool", r"max_pool"),
+    ("other pooling", r"pool"),
+    ("optimiser (burn's SGD)", r"burn_optim"),
+    ("momentum update of a key encoder", r"momentum_update"),
     ("resize (bilinear up-sampling)", r"interpolat|resize_bilinear"),
-    ("softmax / cross-entropy", r"softmax|cross_entropy"),
+    ("losses (InfoNCE, softmax, cross-entropy)", r"pretext::losses|softmax|cross_entropy"),
     ("layout copies (permute, slice, cat)", r"copy_2d_tiled|permute|contiguous|slice|::cat"),
     ("matmul outside conv (linear, logits)", r"gemm|matmul"),
     ("element-wise and reductions", r"zip_|binary_op|scalar_op|unary_op|reduce|sum|mean|macerator|relu|mask"),
