@@ -369,6 +369,9 @@ fn add_rows_to_image(image: &mut [f32], rows: &[f32], g: &ConvGeometry) {
     }
 }
 
+/// Floats per task when the kernel's tap runs are reversed.
+const FLIP_TASK_FLOATS: usize = 1 << 14;
+
 /// Stride-1 data gradient as a forward convolution of geometry `backward` (the flipped form).
 fn data_gradient_flipped(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry, backward: &ConvGeometry) -> Vec<f32> {
     // The flipped, channel-swapped kernel in im2col order `[Cin, (ky, kx, o)]`:
@@ -376,8 +379,17 @@ fn data_gradient_flipped(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry, ba
     // Reversing each run of taps, then one transpose of `[Cout, Cin·taps]`, keeps both
     // passes sequential where a direct build writes with a stride of Cout.
     let taps = g.kernel[0] * g.kernel[1];
-    let mut reversed = weight.to_vec();
-    reversed.par_chunks_mut(taps).for_each(|run| run.reverse());
+    // Copied and reversed in one parallel pass (a serial copy first cost as much as the rest).
+    let chunk = (FLIP_TASK_FLOATS / taps).max(1) * taps;
+    let mut reversed = Vec::with_capacity(weight.len());
+    reversed.spare_capacity_mut()[..weight.len()].par_chunks_mut(chunk).zip(weight.par_chunks(chunk)).for_each(|(dst, src)| {
+        for (d, s) in dst.chunks_exact_mut(taps).zip(src.chunks_exact(taps)) {
+            d.iter_mut().zip(s.iter().rev()).for_each(|(o, &v)| _ = o.write(v));
+        }
+    });
+    // SAFETY: the kernel is a whole number of tap runs (`Cout·Cin` of them), the chunks are
+    // whole runs, and every run was written above.
+    unsafe { reversed.set_len(weight.len()) };
     let flipped = transpose_each_image(&reversed, g.cout, g.cin * taps);
     // The output gradient in NHWC is exactly the backward convolution's NHWC input.
     let dx = forward_nhwc(grad_nhwc, &flipped, backward);
