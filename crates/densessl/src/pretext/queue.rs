@@ -54,7 +54,10 @@ impl KeyQueue {
         while written < n {
             let count = (n - written).min(size - self.ptr);
             let part = keys.clone().slice([written..written + count]);
-            self.rows = self.rows.clone().slice_assign([self.ptr..self.ptr + count, 0..d], part);
+            // Moved out, not cloned: a queue held only here is written in place, where a
+            // second reference would make the backend copy all of it (32 MB at 65,536 × 128).
+            let rows = std::mem::replace(&mut self.rows, Tensor::zeros([1, 1], &keys.device()));
+            self.rows = rows.slice_assign([self.ptr..self.ptr + count, 0..d], part);
             self.ptr = (self.ptr + count) % size;
             written += count;
         }
