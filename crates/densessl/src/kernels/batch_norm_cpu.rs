@@ -76,26 +76,43 @@ fn planes_per_task(p: Planes) -> usize {
     (TASK_FLOATS / p.plane.max(1)).max(1)
 }
 
-/// Runs `write(n, c, plane_of_out)` for every plane of `out` (`[N, C, S]`, not yet
-/// initialised), in parallel tasks of whole planes.
-fn for_each_plane(out: &mut [MaybeUninit<f32>], p: Planes, write: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync) {
+/// One plane of an output being written (`[N, C, S]`, not yet initialised).
+type PlaneSlots<'a> = &'a mut [MaybeUninit<f32>];
+
+/// Runs `write(n, c, plane, second_plane)` for every plane of `out` and, where there is one,
+/// the same plane of `second` (both `[N, C, S]`, not yet initialised), in parallel tasks of
+/// whole planes.
+fn for_each_plane(
+    out: &mut [MaybeUninit<f32>],
+    second: Option<&mut [MaybeUninit<f32>]>,
+    p: Planes,
+    write: impl Fn(usize, usize, PlaneSlots, Option<PlaneSlots>) + Sync,
+) {
     if p.plane == 0 {
         return;
     }
     let planes = planes_per_task(p);
-    out.par_chunks_mut(planes * p.plane).enumerate().for_each(|(task, chunk)| {
-        for (i, plane) in chunk.chunks_exact_mut(p.plane).enumerate() {
+    let chunk = planes * p.plane;
+    let run = |task: usize, outs: &mut [MaybeUninit<f32>], mut seconds: Option<&mut [MaybeUninit<f32>]>| {
+        for (i, plane) in outs.chunks_exact_mut(p.plane).enumerate() {
             let index = task * planes + i;
-            write(index / p.channels, index % p.channels, plane);
+            let second = seconds.as_deref_mut().map(|s| &mut s[i * p.plane..][..p.plane]);
+            write(index / p.channels, index % p.channels, plane, second);
         }
-    });
+    };
+    match second {
+        Some(second) => {
+            out.par_chunks_mut(chunk).zip(second.par_chunks_mut(chunk)).enumerate().for_each(|(task, (o, s))| run(task, o, Some(s)))
+        }
+        None => out.par_chunks_mut(chunk).enumerate().for_each(|(task, o)| run(task, o, None)),
+    }
 }
 
 /// A new `[N, C, S]` buffer whose planes `write(n, c, plane)` fills, every value of it.
-fn map_planes(p: Planes, write: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+fn map_planes(p: Planes, write: impl Fn(usize, usize, PlaneSlots) + Sync) -> Vec<f32> {
     let len = p.batch * p.channels * p.plane;
     let mut out = Vec::with_capacity(len);
-    for_each_plane(&mut out.spare_capacity_mut()[..len], p, write);
+    for_each_plane(&mut out.spare_capacity_mut()[..len], None, p, |n, c, plane, _| write(n, c, plane));
     // SAFETY: every plane was handed to `write`, whose contract is to fill it.
     unsafe { out.set_len(len) };
     out
@@ -185,15 +202,6 @@ pub fn backward_through_relu(
     backward_through(x, statistics, dy, Some((output, keep_masked)), p)
 }
 
-/// `dy` where `output` (if any) is positive, else 0.
-#[inline(always)]
-fn masked(g: f32, output: Option<f32>) -> f32 {
-    match output {
-        Some(y) => keep_where_positive(g, y),
-        None => g,
-    }
-}
-
 /// `g` where `y > 0`, else 0, without a branch: the signs of a ReLU's inputs follow no
 /// pattern, and a branch here mispredicted half the time.
 #[inline(always)]
@@ -224,7 +232,7 @@ fn plane_sums(xs: &[f32], gs: &[f32], ys: Option<&[f32]>, mean: f32) -> (f64, f6
         }),
     }
     for i in whole..xs.len() {
-        let g = masked(gs[i], ys.map(|ys| ys[i]));
+        let g = ys.map_or(gs[i], |ys| keep_where_positive(gs[i], ys[i]));
         sum_rest += g;
         centred_rest += g * (xs[i] - mean);
     }
@@ -268,37 +276,24 @@ fn backward_through(
     let keep = relu.is_some_and(|(_, keep)| keep);
     let len = x.len();
     let (mut dx, mut kept) = (Vec::with_capacity(len), Vec::with_capacity(if keep { len } else { 0 }));
-    let planes = planes_per_task(p);
-    let write_task = |task: usize, dxs: &mut [MaybeUninit<f32>], mut ms: Option<&mut [MaybeUninit<f32>]>| {
-        for (i, out) in dxs.chunks_exact_mut(p.plane).enumerate() {
-            let index = task * planes + i;
-            let (n, c) = (index / p.channels, index % p.channels);
-            let (xs, gs, (a, b, d, mean)) = (p.of(x, n, c), p.of(dy, n, c), (a[c], b[c], d[c], mean[c]));
-            let Some(ys) = output.map(|ys| p.of(ys, n, c)) else {
-                out.iter_mut().zip(xs).zip(gs).for_each(|((o, &v), &g)| _ = o.write(a * g + b * (v - mean) + d));
-                continue;
-            };
-            let values = out.iter_mut().zip(xs).zip(gs.iter().zip(ys).map(|(&g, &y)| masked(g, Some(y))));
-            match ms.as_deref_mut() {
-                Some(ms) => values.zip(&mut ms[i * p.plane..][..p.plane]).for_each(|(((o, &v), g), m)| {
-                    o.write(a * g + b * (v - mean) + d);
-                    m.write(g);
-                }),
-                None => values.for_each(|((o, &v), g)| _ = o.write(a * g + b * (v - mean) + d)),
-            }
+    let kept_slots = keep.then(|| &mut kept.spare_capacity_mut()[..len]);
+    for_each_plane(&mut dx.spare_capacity_mut()[..len], kept_slots, p, |n, c, out, kept_plane| {
+        let (xs, gs, (a, b, d, mean)) = (p.of(x, n, c), p.of(dy, n, c), (a[c], b[c], d[c], mean[c]));
+        let Some(ys) = output.map(|ys| p.of(ys, n, c)) else {
+            out.iter_mut().zip(xs).zip(gs).for_each(|((o, &v), &g)| _ = o.write(a * g + b * (v - mean) + d));
+            return;
+        };
+        let values = out.iter_mut().zip(xs).zip(gs.iter().zip(ys).map(|(&g, &y)| keep_where_positive(g, y)));
+        match kept_plane {
+            Some(ms) => values.zip(ms).for_each(|(((o, &v), g), m)| {
+                o.write(a * g + b * (v - mean) + d);
+                m.write(g);
+            }),
+            None => values.for_each(|((o, &v), g)| _ = o.write(a * g + b * (v - mean) + d)),
         }
-    };
-    if p.plane > 0 {
-        let chunk = planes * p.plane;
-        let dx_slots = dx.spare_capacity_mut()[..len].par_chunks_mut(chunk);
-        if keep {
-            dx_slots.zip(kept.spare_capacity_mut()[..len].par_chunks_mut(chunk)).enumerate().for_each(|(task, (dxs, ms))| write_task(task, dxs, Some(ms)));
-        } else {
-            dx_slots.enumerate().for_each(|(task, dxs)| write_task(task, dxs, None));
-        }
-    }
-    // SAFETY: the tasks' chunks tile all `len` slots of dx (and of `kept` when kept), and every
-    // plane of each was written above.
+    });
+    // SAFETY: `for_each_plane` handed every plane of dx (and of `kept` when kept) to the
+    // closure above, which wrote all of its values.
     unsafe {
         dx.set_len(len);
         if keep {

@@ -114,8 +114,8 @@ fn flex_forward(
     residual: Option<FloatTensor<Flex>>,
     epsilon: f64,
 ) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
-    let covered = cpu_planes(&[&x, &gamma, &beta])
-        .filter(|_| residual.as_ref().is_none_or(|r| r.shape() == x.shape() && cpu_planes(&[r]).is_some()));
+    let inputs: Vec<&FloatTensor<Flex>> = [&x, &gamma, &beta].into_iter().chain(residual.as_ref()).collect();
+    let covered = cpu_planes(&inputs).filter(|_| residual.as_ref().is_none_or(|r| r.shape() == x.shape()));
     let Some(p) = covered else {
         return burn_relu_batch_stats::<Flex>(x, gamma, beta, residual, epsilon);
     };
