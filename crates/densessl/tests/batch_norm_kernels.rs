@@ -15,7 +15,7 @@ use densessl::kernels::batch_norm_relu::{batch_norm_relu_batch_stats, batch_norm
 use proptest::prelude::*;
 
 mod kernel_parity;
-use kernel_parity::{max_relative_difference, values};
+use kernel_parity::{max_relative_difference, random_activation, values};
 
 /// Float32 sums over up to a few thousand values in another order (and in `f64` here),
 /// relative to the largest value or to 1, whichever is larger: the γ and β gradients are
@@ -31,13 +31,18 @@ fn difference(got: &[f32], expected: &[f32]) -> f32 {
 /// Output, mean, variance and the gradients of `loss = Σ bn(x) ⊙ r` for x, gamma and beta,
 /// through the kernels and through burn; returns the six largest differences.
 fn compare(dims: [usize; 4]) -> [f32; 6] {
+    compare_laid_out(dims, false)
+}
+
+/// [`compare`] with `x` channels-last where `channels_last` (and `r` in the other order).
+fn compare_laid_out(dims: [usize; 4], channels_last: bool) -> [f32; 6] {
     let device = Device::flex().autodiff();
     let channels = dims[1];
     // An offset mean and a wide spread: the statistics must not lose the small deviations.
-    let x = Tensor::<4>::random(dims, Distribution::Normal(3.0, 2.0), &device);
+    let x = random_activation(dims, Distribution::Normal(3.0, 2.0), &device, channels_last);
     let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.5), &device);
     let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.5), &device);
-    let r = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+    let r = random_activation(dims, Distribution::Normal(0.0, 1.0), &device, !channels_last);
     let run = |ours: bool| {
         let (x, gamma, beta) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
         let (y, mean, variance) = if ours {
@@ -128,14 +133,20 @@ fn slice_functions_by_hand() {
 /// the differences of output, mean, variance and the gradients of `Σ y ⊙ w` for x, gamma,
 /// beta (and the residual), in that order.
 fn compare_fused(dims: [usize; 4], with_residual: bool) -> Vec<f32> {
+    compare_fused_laid_out(dims, with_residual, false)
+}
+
+/// [`compare_fused`] with `x` and `w` channels-last where `channels_last` (and the residual
+/// in the other order).
+fn compare_fused_laid_out(dims: [usize; 4], with_residual: bool, channels_last: bool) -> Vec<f32> {
     let device = Device::flex().autodiff();
     let channels = dims[1];
-    let x = Tensor::<4>::random(dims, Distribution::Normal(3.0, 2.0), &device);
+    let x = random_activation(dims, Distribution::Normal(3.0, 2.0), &device, channels_last);
     let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.5), &device);
     // Betas around 0, so the ReLU cuts about half of each channel.
     let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.5), &device);
-    let residual = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
-    let w = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+    let residual = random_activation(dims, Distribution::Normal(0.0, 1.0), &device, !channels_last);
+    let w = random_activation(dims, Distribution::Normal(0.0, 1.0), &device, channels_last);
     let run = |ours: bool| {
         let (x, gamma, beta) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
         let residual = residual.clone().require_grad();
@@ -171,6 +182,60 @@ fn fused_relu_matches_burn() {
                 assert!(d < TOLERANCE, "{dims:?}, residual {with_residual}: {name} differs by {d:.1e} (tolerance {TOLERANCE:.0e})");
             }
         }
+    }
+}
+
+/// Channels-last activations (as the convolution kernels hand them on) take the row kernels:
+/// the same results as burn's, plain and fused, with the other tensors in either order.
+#[test]
+fn channels_last_activations_match_burn() {
+    for dims in [[8, 16, 12, 12], [4, 64, 3, 3], [2, 3, 5, 7], [3, 1000, 2, 2]] {
+        for (name, d) in NAMES.iter().zip(compare_laid_out(dims, true)) {
+            assert!(d < TOLERANCE, "channels-last {dims:?}: {name} differs by {d:.1e} (tolerance {TOLERANCE:.0e})");
+        }
+        for with_residual in [false, true] {
+            let names = NAMES.iter().copied().chain(["residual gradient"]);
+            for (name, d) in names.zip(compare_fused_laid_out(dims, with_residual, true)) {
+                assert!(d < TOLERANCE, "channels-last {dims:?}, residual {with_residual}: {name} differs by {d:.1e}");
+            }
+        }
+    }
+}
+
+/// The row kernels on `[N·H·W, C]` slices give the plane kernels' results on the same
+/// values in NCHW order, forward (with every epilogue) and backward (with and without ReLU).
+#[test]
+fn row_kernels_match_plane_kernels() {
+    use densessl::kernels::batch_norm_cpu::{Epilogue, Statistics};
+    use densessl::kernels::batch_norm_rows::{self, Rows};
+    use densessl::kernels::transpose::transpose_each_image;
+    let device = Device::flex();
+    let [n, c, s] = [3, 20, 35];
+    let random = |mean: f64| values(Tensor::<1>::random([n * c * s], Distribution::Normal(mean, 2.0), &device));
+    let (x, residual, dy) = (random(1.0), random(0.0), random(0.0));
+    let (gamma, beta) = (values(Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device)), vec![0.1; c]);
+    let rows_of = |planes: &[f32]| transpose_each_image(planes, c, s);
+    let planes_of = |rows: &[f32]| transpose_each_image(rows, s, c);
+    let (p, r) = (Planes { batch: n, channels: c, plane: s }, Rows { rows: n * s, channels: c });
+    for epilogue in [Epilogue { residual: None, relu: false }, Epilogue { residual: Some(&residual), relu: true }] {
+        let rows_residual = epilogue.residual.map(rows_of);
+        let row_epilogue = Epilogue { residual: rows_residual.as_deref(), relu: epilogue.relu };
+        let (y_p, mean_p, var_p) = batch_norm_cpu::forward_then(&x, &gamma, &beta, 1e-5, p, epilogue);
+        let (y_r, mean_r, var_r) = batch_norm_rows::forward_then(&rows_of(&x), &gamma, &beta, 1e-5, r, row_epilogue);
+        assert!(difference(&planes_of(&y_r), &y_p) < TOLERANCE && difference(&mean_r, &mean_p) < TOLERANCE && difference(&var_r, &var_p) < TOLERANCE);
+        let statistics = Statistics { gamma: &gamma, mean: &mean_p, variance: &var_p, epsilon: 1e-5 };
+        let (dx_p, dgamma_p, dbeta_p, masked_p) = if epilogue.relu {
+            batch_norm_cpu::backward_through_relu(&x, statistics, &y_p, &dy, true, p)
+        } else {
+            let (dx, dgamma, dbeta) = batch_norm_cpu::backward(&x, &gamma, &mean_p, &var_p, 1e-5, &dy, p);
+            (dx, dgamma, dbeta, None)
+        };
+        let y_rows = rows_of(&y_p);
+        let relu = epilogue.relu.then_some((y_rows.as_slice(), true));
+        let (dx_r, dgamma_r, dbeta_r, masked_r) = batch_norm_rows::backward_through(&rows_of(&x), statistics, &rows_of(&dy), relu, r);
+        assert!(difference(&planes_of(&dx_r), &dx_p) < TOLERANCE, "dx, {epilogue:?}");
+        assert!(difference(&dgamma_r, &dgamma_p) < TOLERANCE && difference(&dbeta_r, &dbeta_p) < TOLERANCE, "dgamma, dbeta, {epilogue:?}");
+        assert_eq!(masked_r.map(|m| planes_of(&m)), masked_p, "the masked gradient is dy where the output is positive, in both");
     }
 }
 

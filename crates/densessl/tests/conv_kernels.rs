@@ -11,7 +11,7 @@ use densessl::kernels::gemm;
 use proptest::prelude::*;
 
 mod kernel_parity;
-use kernel_parity::{max_relative_difference, values};
+use kernel_parity::{max_relative_difference, random_activation, values};
 
 /// Sums of up to 4,608 float32 products in another order: relative to the largest value.
 const TOLERANCE: f32 = 1e-5;
@@ -19,11 +19,17 @@ const TOLERANCE: f32 = 1e-5;
 /// Forward, input gradient and weight gradient of `loss = Σ conv(x, w) ⊙ r` through the
 /// kernels and through burn, on an autodiff device; returns the three largest differences.
 fn compare(g: &ConvGeometry) -> [f32; 3] {
+    compare_laid_out(g, false)
+}
+
+/// [`compare`] with `x` and `r` channels-last (as the kernels hand activations on) where
+/// `channels_last`.
+fn compare_laid_out(g: &ConvGeometry, channels_last: bool) -> [f32; 3] {
     let device = Device::flex().autodiff();
-    let x = Tensor::<4>::random([g.batch, g.cin, g.input[0], g.input[1]], Distribution::Normal(0.0, 1.0), &device);
+    let x = random_activation([g.batch, g.cin, g.input[0], g.input[1]], Distribution::Normal(0.0, 1.0), &device, channels_last);
     let w = Tensor::<4>::random([g.cout, g.cin, g.kernel[0], g.kernel[1]], Distribution::Normal(0.0, 0.2), &device);
     let [ho, wo] = g.output();
-    let r = Tensor::<4>::random([g.batch, g.cout, ho, wo], Distribution::Normal(0.0, 1.0), &device);
+    let r = random_activation([g.batch, g.cout, ho, wo], Distribution::Normal(0.0, 1.0), &device, channels_last);
     let options = ConvOptions::new(g.stride, g.padding, g.dilation, 1);
     let run = |ours: bool| {
         let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
@@ -82,6 +88,27 @@ fn resnet_shapes_match_burn() {
     ];
     for (name, g) in cases {
         assert_matches_burn(name, &g);
+    }
+}
+
+/// Channels-last inputs and output gradients (the memory order in which the kernels hand
+/// activations on) give burn's results: 1×1 (im2col is the input itself), 3×3 with stride 1
+/// and 2, the stem.
+#[test]
+fn channels_last_inputs_match_burn() {
+    for g in [
+        geometry(2, 16, 24, [6, 6], 1, 1, 0, 1),
+        geometry(2, 16, 24, [6, 6], 1, 2, 0, 1),
+        geometry(2, 8, 16, [7, 5], 3, 1, 1, 1),
+        geometry(2, 8, 16, [8, 8], 3, 2, 1, 1),
+        geometry(2, 3, 16, [16, 16], 7, 2, 3, 1),
+        geometry(2, 8, 8, [9, 9], 3, 1, 2, 2),
+    ] {
+        let [forward, dx, dw] = compare_laid_out(&g, true);
+        assert!(
+            forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
+            "channels-last {g:?}: forward {forward:.1e}, input gradient {dx:.1e}, weight gradient {dw:.1e}"
+        );
     }
 }
 

@@ -22,7 +22,9 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Tensor
 use burn::nn::BatchNorm;
 use burn::tensor::{DType, Tensor, TensorData};
 
-use super::batch_norm_cpu::{self, Planes};
+use super::batch_norm_cpu::{self, Epilogue, Planes, Statistics};
+use super::batch_norm_rows::{self, Rows};
+use super::layout;
 
 /// Training-mode batch normalisation whose forward pass and gradients a backend may replace.
 ///
@@ -85,8 +87,17 @@ fn use_burn_batch_norm() -> bool {
     *BURN.get_or_init(|| std::env::var("DENSESSL_BN_KERNELS").is_ok_and(|v| v == "burn"))
 }
 
-/// The `[N, C, S]` sizes when the CPU kernels cover these tensors, else `None`.
-pub(super) fn cpu_planes(tensors: &[&FloatTensor<Flex>]) -> Option<Planes> {
+/// How the CPU kernels read an activation `[N, C, ...]`: NCHW planes, or the rows of a
+/// channels-last tensor (see [`layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CpuLayout {
+    Planes(Planes),
+    Rows(Rows),
+}
+
+/// How the CPU kernels read these tensors (the activation `x` first), or `None` where they
+/// do not cover them. The layout is the activation's own.
+pub(super) fn cpu_layout(tensors: &[&FloatTensor<Flex>]) -> Option<CpuLayout> {
     if use_burn_batch_norm() || tensors.iter().any(|t| t.dtype() != DType::F32) {
         return None;
     }
@@ -94,7 +105,65 @@ pub(super) fn cpu_planes(tensors: &[&FloatTensor<Flex>]) -> Option<Planes> {
     if shape.num_dims() < 2 || shape[1] == 0 {
         return None;
     }
-    Some(Planes { batch: shape[0], channels: shape[1], plane: shape.num_elements() / (shape[0] * shape[1]).max(1) })
+    let (batch, channels) = (shape[0], shape[1]);
+    let plane = shape.num_elements() / (batch * channels).max(1);
+    Some(if layout::is_channels_last(tensors[0]) {
+        CpuLayout::Rows(Rows { rows: batch * plane, channels })
+    } else {
+        CpuLayout::Planes(Planes { batch, channels, plane })
+    })
+}
+
+impl CpuLayout {
+    /// Channels of the activation.
+    pub(super) fn channels(&self) -> usize {
+        match self {
+            CpuLayout::Planes(p) => p.channels,
+            CpuLayout::Rows(r) => r.channels,
+        }
+    }
+
+    /// An activation-shaped tensor's values in this layout's order (copied only where the
+    /// tensor lies otherwise).
+    pub(super) fn values(&self, activation: FloatTensor<Flex>) -> FlexTensor {
+        match self {
+            CpuLayout::Planes(_) => activation.to_contiguous(),
+            CpuLayout::Rows(_) => layout::channels_last_values(activation),
+        }
+    }
+
+    /// The tensor of dimensions `dims` whose values `values` holds in this layout's order.
+    pub(super) fn tensor(&self, values: Vec<f32>, dims: &[usize]) -> FloatTensor<Flex> {
+        match self {
+            CpuLayout::Planes(_) => tensor(values, dims.to_vec()),
+            CpuLayout::Rows(_) => {
+                let dims: [usize; 4] = dims.try_into().expect("channels-last activations are [N, C, H, W]");
+                layout::from_channels_last(values, dims)
+            }
+        }
+    }
+
+    /// `(relu?(bn(x) + residual?), mean, variance)`: see [`batch_norm_cpu::forward_then`].
+    pub(super) fn forward_then(&self, x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, epilogue: Epilogue) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        match *self {
+            CpuLayout::Planes(p) => batch_norm_cpu::forward_then(x, gamma, beta, epsilon, p, epilogue),
+            CpuLayout::Rows(r) => batch_norm_rows::forward_then(x, gamma, beta, epsilon, r, epilogue),
+        }
+    }
+
+    /// `(dx, dgamma, dbeta, masked)`: see [`batch_norm_cpu::backward_through_relu`].
+    pub(super) fn backward_through(
+        &self,
+        x: &[f32],
+        statistics: Statistics,
+        dy: &[f32],
+        relu: Option<(&[f32], bool)>,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+        match *self {
+            CpuLayout::Planes(p) => batch_norm_cpu::backward_through(x, statistics, dy, relu, p),
+            CpuLayout::Rows(r) => batch_norm_rows::backward_through(x, statistics, dy, relu, r),
+        }
+    }
 }
 
 /// The tensor in contiguous order, and its dimensions.
@@ -115,12 +184,14 @@ impl BatchNormKernels for Flex {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let Some(p) = cpu_planes(&[&x, &gamma, &beta]) else {
+        let Some(layout) = cpu_layout(&[&x, &gamma, &beta]) else {
             return burn_batch_stats::<Self>(x, gamma, beta, epsilon);
         };
-        let ((x, dims), (gamma, _), (beta, _)) = (values(x), values(gamma), values(beta));
-        let (y, mean, var) = batch_norm_cpu::forward(x.storage(), gamma.storage(), beta.storage(), epsilon, p);
-        (tensor(y, dims), tensor(mean, vec![p.channels]), tensor(var, vec![p.channels]))
+        let dims = x.shape().to_vec();
+        let (x, (gamma, _), (beta, _)) = (layout.values(x), values(gamma), values(beta));
+        let (y, mean, var) = layout.forward_then(x.storage(), gamma.storage(), beta.storage(), epsilon, Epilogue::default());
+        let channels = vec![layout.channels()];
+        (layout.tensor(y, &dims), tensor(mean, channels.clone()), tensor(var, channels))
     }
 
     fn batch_norm_gradients(
@@ -131,14 +202,17 @@ impl BatchNormKernels for Flex {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let Some(p) = cpu_planes(&[&x, &gamma, &mean, &variance, &output_grad]) else {
+        let covered = cpu_layout(&[&x, &gamma, &mean, &variance, &output_grad]).filter(|_| output_grad.shape() == x.shape());
+        let Some(layout) = covered else {
             return burn_gradients::<Self>(x, gamma, mean, variance, epsilon, output_grad);
         };
-        let ((x, dims), (gamma, _), (mean, _), (variance, _), (dy, _)) =
-            (values(x), values(gamma), values(mean), values(variance), values(output_grad));
-        let (dx, dgamma, dbeta) =
-            batch_norm_cpu::backward(x.storage(), gamma.storage(), mean.storage(), variance.storage(), epsilon, dy.storage(), p);
-        (tensor(dx, dims), tensor(dgamma, vec![p.channels]), tensor(dbeta, vec![p.channels]))
+        let dims = x.shape().to_vec();
+        let (x, dy) = (layout.values(x), layout.values(output_grad));
+        let ((gamma, _), (mean, _), (variance, _)) = (values(gamma), values(mean), values(variance));
+        let statistics = Statistics { gamma: gamma.storage(), mean: mean.storage(), variance: variance.storage(), epsilon };
+        let (dx, dgamma, dbeta, _) = layout.backward_through(x.storage(), statistics, dy.storage(), None);
+        let channels = vec![layout.channels()];
+        (layout.tensor(dx, &dims), tensor(dgamma, channels.clone()), tensor(dbeta, channels))
     }
 }
 

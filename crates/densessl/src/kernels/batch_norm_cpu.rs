@@ -205,7 +205,7 @@ pub fn backward_through_relu(
 /// `g` where `y > 0`, else 0, without a branch: the signs of a ReLU's inputs follow no
 /// pattern, and a branch here mispredicted half the time.
 #[inline(always)]
-fn keep_where_positive(g: f32, y: f32) -> f32 {
+pub(super) fn keep_where_positive(g: f32, y: f32) -> f32 {
     f32::from_bits(g.to_bits() & u32::from(y > 0.0).wrapping_neg())
 }
 
@@ -242,7 +242,7 @@ fn plane_sums(xs: &[f32], gs: &[f32], ys: Option<&[f32]>, mean: f32) -> (f64, f6
 
 /// [`backward`] and [`backward_through_relu`]: `relu` is the ReLU's output and whether to
 /// return the masked gradient.
-fn backward_through(
+pub(super) fn backward_through(
     x: &[f32],
     statistics: Statistics,
     dy: &[f32],

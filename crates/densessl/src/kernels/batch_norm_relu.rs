@@ -21,8 +21,8 @@ use burn::nn::BatchNorm;
 use burn::tensor::activation::relu;
 use burn::tensor::Tensor;
 
-use super::batch_norm::{cpu_planes, tensor, update_running_statistics, values};
-use super::batch_norm_cpu::{self, Epilogue, Statistics};
+use super::batch_norm::{cpu_layout, tensor, update_running_statistics, values};
+use super::batch_norm_cpu::{Epilogue, Statistics};
 
 /// Training-mode batch norm followed by ReLU (and before it, a residual addition), whose
 /// forward pass and gradients a backend may replace.
@@ -115,15 +115,18 @@ fn flex_forward(
     epsilon: f64,
 ) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
     let inputs: Vec<&FloatTensor<Flex>> = [&x, &gamma, &beta].into_iter().chain(residual.as_ref()).collect();
-    let covered = cpu_planes(&inputs).filter(|_| residual.as_ref().is_none_or(|r| r.shape() == x.shape()));
-    let Some(p) = covered else {
+    let covered = cpu_layout(&inputs).filter(|_| residual.as_ref().is_none_or(|r| r.shape() == x.shape()));
+    let Some(layout) = covered else {
         return burn_relu_batch_stats::<Flex>(x, gamma, beta, residual, epsilon);
     };
-    let ((x, dims), (gamma, _), (beta, _)) = (values(x), values(gamma), values(beta));
-    let residual = residual.map(|r| values(r).0);
+    let dims = x.shape().to_vec();
+    let (x, (gamma, _), (beta, _)) = (layout.values(x), values(gamma), values(beta));
+    // The residual is read in x's layout (a copy only where it lies otherwise).
+    let residual = residual.map(|r| layout.values(r));
     let epilogue = Epilogue { residual: residual.as_ref().map(|r| r.storage()), relu: true };
-    let (y, mean, var) = batch_norm_cpu::forward_then(x.storage(), gamma.storage(), beta.storage(), epsilon, p, epilogue);
-    (tensor(y, dims), tensor(mean, vec![p.channels]), tensor(var, vec![p.channels]))
+    let (y, mean, var) = layout.forward_then(x.storage(), gamma.storage(), beta.storage(), epsilon, epilogue);
+    let channels = vec![layout.channels()];
+    (layout.tensor(y, &dims), tensor(mean, channels.clone()), tensor(var, channels))
 }
 
 impl BatchNormReluKernels for Flex {
@@ -156,20 +159,22 @@ impl BatchNormReluKernels for Flex {
         epsilon: f64,
         keep_masked: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let covered = cpu_planes(&[&x, &gamma, &mean, &variance, &output, &output_grad])
+        let covered = cpu_layout(&[&x, &gamma, &mean, &variance, &output, &output_grad])
             .filter(|_| output.shape() == x.shape() && output_grad.shape() == x.shape());
-        let Some(p) = covered else {
+        let Some(layout) = covered else {
             return burn_relu_gradients::<Self>(x, gamma, mean, variance, output, output_grad, epsilon);
         };
-        let ((x, dims), (gamma, _), (mean, _), (variance, _)) = (values(x), values(gamma), values(mean), values(variance));
-        let ((output, _), (dy, _)) = (values(output), values(output_grad));
+        let dims = x.shape().to_vec();
+        // All three activations in x's layout (copies only where one lies otherwise).
+        let (x, output, dy) = (layout.values(x), layout.values(output), layout.values(output_grad));
+        let ((gamma, _), (mean, _), (variance, _)) = (values(gamma), values(mean), values(variance));
         let statistics = Statistics { gamma: gamma.storage(), mean: mean.storage(), variance: variance.storage(), epsilon };
-        let (dx, dgamma, dbeta, masked) =
-            batch_norm_cpu::backward_through_relu(x.storage(), statistics, output.storage(), dy.storage(), keep_masked, p);
-        let channels = vec![p.channels];
+        let relu = Some((output.storage(), keep_masked));
+        let (dx, dgamma, dbeta, masked) = layout.backward_through(x.storage(), statistics, dy.storage(), relu);
+        let channels = vec![layout.channels()];
         // Without a residual the masked gradient goes nowhere: an empty tensor stands for it.
-        let masked = masked.map_or_else(|| tensor(Vec::new(), vec![0]), |m| tensor(m, dims.clone()));
-        (tensor(dx, dims), tensor(dgamma, channels.clone()), tensor(dbeta, channels), masked)
+        let masked = masked.map_or_else(|| tensor(Vec::new(), vec![0]), |m| layout.tensor(m, &dims));
+        (layout.tensor(dx, &dims), tensor(dgamma, channels.clone()), tensor(dbeta, channels), masked)
     }
 }
 

@@ -21,6 +21,7 @@
 //!
 //! Measured effect and the shapes it was measured on: docs/BENCHMARKS.md (issue 9).
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -165,14 +166,21 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
     if pointwise::applies(g) {
         return pointwise::forward(x, weight, g);
     }
-    forward_nhwc(&to_nhwc(x, g), &flatten_kernel(weight, g), g)
+    let [ho, wo] = g.output();
+    transpose_each_image(&conv2d_forward_channels_last(&to_nhwc(x, g), weight, g), ho * wo, g.cout)
 }
 
-/// [`conv2d_forward`] from an input already in NHWC order and a kernel already in im2col
-/// order, `[Cout, (ky, kx, c)]`; the output is NCHW.
+/// [`conv2d_forward`] in channels-last order: `x [B, H, W, Cin]` → `[B, Ho, Wo, Cout]`
+/// (`weight` as there).
+pub fn conv2d_forward_channels_last(x_nhwc: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
+    assert_eq!(x_nhwc.len(), g.batch * g.cin * g.input[0] * g.input[1], "conv2d: input length does not match its geometry");
+    forward_nhwc(x_nhwc, &flatten_kernel(weight, g), g)
+}
+
+/// The forward product from an NHWC input and a kernel already in im2col order,
+/// `[Cout, (ky, kx, c)]`; the output is NHWC.
 fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let [ho, wo] = g.output();
-    let per_image = ho * wo;
     let (k, cout, positions) = (g.row_len(), g.cout, g.positions());
     let len = positions * cout;
     let mut y = Vec::with_capacity(len);
@@ -198,8 +206,7 @@ fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
         let rows = rows_per_task(positions, k, MIN_FORWARD_ROWS.max(2 * cout));
         y_slots.par_chunks_mut((rows * cout).max(1)).enumerate().for_each(|(task, out)| {
             let n = out.len() / cout.max(1);
-            with_scratch(n * k, |col| {
-                let col = im2col_rows(x_nhwc, g, task * rows, col);
+            with_rows(x_nhwc, g, task * rows, n, |col| {
                 // Y[rows, Cout] = col[rows, K] · kernelᵀ[K, Cout]
                 gemm_f32_into(Parallelism::None, [n, cout, k], out, [cout as isize, 1], col, [k as isize, 1], kernel, [1, k as isize]);
             });
@@ -207,7 +214,7 @@ fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
     }
     // SAFETY: the products wrote all `positions × Cout` slots (the tasks' blocks tile them).
     unsafe { y.set_len(len) };
-    transpose_each_image(&y, per_image, cout)
+    y
 }
 
 /// Whether the kernel (`K × Cout`) is the larger operand, by more than the rows (`P × K`)
@@ -217,8 +224,27 @@ fn kernel_outweighs_rows(g: &ConvGeometry) -> bool {
     g.positions() < 2 * g.cout
 }
 
-/// All `P` rows of im2col, `[P, K]`, built in parallel.
-fn im2col_all(x_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// Whether im2col's rows are the NHWC input's own pixels (1×1 kernel, stride 1, no padding).
+fn im2col_is_identity(g: &ConvGeometry) -> bool {
+    g.kernel == [1, 1] && g.stride == [1, 1] && g.padding == [0, 0]
+}
+
+/// Runs `f` on im2col rows `first..first + n` (`[n, K]`): the input's own pixels where
+/// im2col is the identity, else built in this thread's scratch.
+fn with_rows<R>(x_nhwc: &[f32], g: &ConvGeometry, first: usize, n: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    let k = g.row_len();
+    if im2col_is_identity(g) {
+        return f(&x_nhwc[first * k..][..n * k]);
+    }
+    with_scratch(n * k, |col| f(im2col_rows(x_nhwc, g, first, col)))
+}
+
+/// All `P` rows of im2col, `[P, K]`, built in parallel (or the input itself where im2col is
+/// the identity).
+fn im2col_all<'a>(x_nhwc: &'a [f32], g: &ConvGeometry) -> Cow<'a, [f32]> {
+    if im2col_is_identity(g) {
+        return Cow::Borrowed(x_nhwc);
+    }
     let (k, positions) = (g.row_len(), g.positions());
     let mut col = Vec::with_capacity(positions * k);
     let rows = rows_per_task(positions, k, 1);
@@ -227,7 +253,7 @@ fn im2col_all(x_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
     });
     // SAFETY: the chunks tile all `P × K` slots and `im2col_rows` wrote each of them.
     unsafe { col.set_len(positions * k) };
-    col
+    Cow::Owned(col)
 }
 
 /// Weight gradient: `x [B, Cin, H, W]`, output gradient `[B, Cout, Ho, Wo]` →
@@ -236,7 +262,14 @@ pub fn conv2d_weight_gradient(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
     if pointwise::applies(g) {
         return pointwise::weight_gradient(x, grad, g);
     }
-    weight_gradient_nhwc(x, &grad_to_nhwc(grad, g), g)
+    weight_gradient_nhwc(&to_nhwc(x, g), &grad_to_nhwc(grad, g), g)
+}
+
+/// [`conv2d_weight_gradient`] in channels-last order: `x [B, H, W, Cin]`, output gradient
+/// `[B, Ho, Wo, Cout]` → `[Cout, Cin, kh, kw]`.
+pub fn conv2d_weight_gradient_channels_last(x_nhwc: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert_eq!(grad_nhwc.len(), g.positions() * g.cout, "conv2d: output gradient length does not match its geometry");
+    weight_gradient_nhwc(x_nhwc, grad_nhwc, g)
 }
 
 /// The output gradient `[B, Cout, Ho, Wo]` → `[B, Ho, Wo, Cout]`: both gradients read it so.
@@ -246,15 +279,14 @@ fn grad_to_nhwc(grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
     transpose_each_image(grad, g.cout, ho * wo)
 }
 
-/// [`conv2d_weight_gradient`] with the output gradient already NHWC (see [`grad_to_nhwc`]).
-fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// [`conv2d_weight_gradient`] with the input and the output gradient in NHWC order.
+fn weight_gradient_nhwc(x_nhwc: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [h, w] = g.input;
-    assert_eq!(x.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
-    let x_nhwc = to_nhwc(x, g);
+    assert_eq!(x_nhwc.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
     let (k, cout, positions) = (g.row_len(), g.cout, g.positions());
     let size = cout * k;
     if kernel_outweighs_rows(g) {
-        let col = im2col_all(&x_nhwc, g);
+        let col = im2col_all(x_nhwc, g);
         let mut flat = Vec::with_capacity(size);
         // dW[Cout, K] = Gᵀ[Cout, P] · col[P, K]
         gemm_f32_into(Parallelism::Rayon(0), [cout, k, positions], &mut flat.spare_capacity_mut()[..size], [k as isize, 1], grad_nhwc, [1, cout as isize], &col, [k as isize, 1]);
@@ -275,8 +307,7 @@ fn weight_gradient_nhwc(x: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f
         let first = (task * rows).min(positions);
         let n = rows.min(positions - first);
         let grad_rows = &grad_nhwc[first * cout..][..n * cout];
-        with_scratch(n * k, |col| {
-            let col = im2col_rows(&x_nhwc, g, first, col);
+        with_rows(x_nhwc, g, first, n, |col| {
             if kernel_major {
                 // dWᵀ_task[K, Cout] = colᵀ[K, rows] · G[rows, Cout]
                 gemm_f32_into(Parallelism::None, [k, cout, n], partial, [cout as isize, 1], col, [1, k as isize], grad_rows, [cout as isize, 1]);
@@ -304,7 +335,19 @@ pub fn conv2d_data_gradient(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> V
     if pointwise::applies(g) {
         return pointwise::data_gradient(weight, grad, g);
     }
-    data_gradient_nhwc(weight, &grad_to_nhwc(grad, g), g)
+    input_to_nchw(data_gradient_nhwc(weight, &grad_to_nhwc(grad, g), g), g)
+}
+
+/// [`conv2d_data_gradient`] in channels-last order: output gradient `[B, Ho, Wo, Cout]` →
+/// `[B, H, W, Cin]`.
+pub fn conv2d_data_gradient_channels_last(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert_eq!(grad_nhwc.len(), g.positions() * g.cout, "conv2d: output gradient length does not match its geometry");
+    data_gradient_nhwc(weight, grad_nhwc, g)
+}
+
+/// An input-shaped `[B, H, W, Cin]` buffer → `[B, Cin, H, W]`.
+fn input_to_nchw(x_nhwc: Vec<f32>, g: &ConvGeometry) -> Vec<f32> {
+    transpose_each_image(&x_nhwc, g.input[0] * g.input[1], g.cin)
 }
 
 /// Both gradients, `(dx [B, Cin, H, W], dW [Cout, Cin, kh, kw])`, from one NHWC copy of the
@@ -314,10 +357,11 @@ pub fn conv2d_gradients(x: &[f32], weight: &[f32], grad: &[f32], g: &ConvGeometr
         return (pointwise::data_gradient(weight, grad, g), pointwise::weight_gradient(x, grad, g));
     }
     let grad_nhwc = grad_to_nhwc(grad, g);
-    (data_gradient_nhwc(weight, &grad_nhwc, g), weight_gradient_nhwc(x, &grad_nhwc, g))
+    (input_to_nchw(data_gradient_nhwc(weight, &grad_nhwc, g), g), weight_gradient_nhwc(&to_nhwc(x, g), &grad_nhwc, g))
 }
 
-/// [`conv2d_data_gradient`] with the output gradient already NHWC (see [`grad_to_nhwc`]).
+/// [`conv2d_data_gradient`] with the output gradient already NHWC (see [`grad_to_nhwc`]);
+/// the result is NHWC too.
 fn data_gradient_nhwc(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
     assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
     match g.data_gradient_as_forward() {
@@ -350,7 +394,7 @@ fn data_gradient_col2im(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> 
             }
         });
     });
-    transpose_each_image(&dx_nhwc, h * w, cin)
+    dx_nhwc
 }
 
 /// col2im for one image: adds each tap of every `dcol` row `[(ky, kx, c)]` onto the NHWC

@@ -17,8 +17,10 @@
 pub mod batch_norm;
 pub mod batch_norm_cpu;
 pub mod batch_norm_relu;
+pub mod batch_norm_rows;
 pub mod conv_cpu;
 pub mod gemm;
+pub mod layout;
 pub mod pointwise;
 pub mod transpose;
 
@@ -151,8 +153,23 @@ fn from_values(values: Vec<f32>, shape: [usize; 4]) -> FloatTensor<Flex> {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// The NCHW dimensions of the input and of the output of a convolution of geometry `g`.
+fn input_dims(g: &ConvGeometry) -> [usize; 4] {
+    [g.batch, g.cin, g.input[0], g.input[1]]
+}
+
+fn output_dims(g: &ConvGeometry) -> [usize; 4] {
+    let [ho, wo] = g.output();
+    [g.batch, g.cout, ho, wo]
+}
+
 impl ConvKernels for Flex {
     fn conv2d_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        if let Some(g) = cpu_geometry(&x, &weight, &options).filter(|_| layout::channels_last_outputs()) {
+            let (x, weight) = (layout::channels_last_values(x), values(weight));
+            let y = conv_cpu::conv2d_forward_channels_last(as_f32(&x), as_f32(&weight), &g);
+            return layout::from_channels_last(y, output_dims(&g));
+        }
         let Some(g) = cpu_geometry(&x, &weight, &options).filter(|g| !burn_is_one_gemm(g)) else {
             return Self::conv2d(x, weight, None, options);
         };
@@ -168,6 +185,11 @@ impl ConvKernels for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
+        if let Some(g) = cpu_geometry(&x, &weight, &options).filter(|_| layout::channels_last_outputs()) {
+            let (weight, grad) = (values(weight), layout::channels_last_values(output_grad));
+            let dx = conv_cpu::conv2d_data_gradient_channels_last(as_f32(&weight), as_f32(&grad), &g);
+            return layout::from_channels_last(dx, input_dims(&g));
+        }
         let Some(g) = cpu_geometry(&x, &weight, &options).filter(|g| !burn_is_one_gemm(g)) else {
             return Self::conv2d_x_backward(x, weight, output_grad, options);
         };
@@ -185,6 +207,11 @@ impl ConvKernels for Flex {
         let Some(g) = cpu_geometry(&x, &weight, &options) else {
             return Self::conv2d_weight_backward(x, weight, output_grad, options);
         };
+        if layout::channels_last_outputs() {
+            let (x, grad) = (layout::channels_last_values(x), layout::channels_last_values(output_grad));
+            let dw = conv_cpu::conv2d_weight_gradient_channels_last(as_f32(&x), as_f32(&grad), &g);
+            return from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]]);
+        }
         let (x, grad) = (values(x), values(output_grad));
         let dw = conv_cpu::conv2d_weight_gradient(as_f32(&x), as_f32(&grad), &g);
         from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]])
@@ -196,6 +223,13 @@ impl ConvKernels for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if let Some(g) = cpu_geometry(&x, &weight, &options).filter(|_| layout::channels_last_outputs()) {
+            // One channels-last copy of the output gradient (none when it already is one) for both.
+            let (x, weight, grad) = (layout::channels_last_values(x), values(weight), layout::channels_last_values(output_grad));
+            let dx = conv_cpu::conv2d_data_gradient_channels_last(as_f32(&weight), as_f32(&grad), &g);
+            let dw = conv_cpu::conv2d_weight_gradient_channels_last(as_f32(&x), as_f32(&grad), &g);
+            return (layout::from_channels_last(dx, input_dims(&g)), from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]]));
+        }
         // Shared work only where both gradients are ours; otherwise each call picks its path.
         let Some(g) = cpu_geometry(&x, &weight, &options).filter(|g| !burn_is_one_gemm(g)) else {
             return separate_gradients::<Self>(x, weight, output_grad, options);
