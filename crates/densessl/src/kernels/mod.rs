@@ -21,6 +21,7 @@ pub mod batch_norm_rows;
 pub mod conv_cpu;
 pub mod gemm;
 pub mod layout;
+pub mod max_pool;
 pub mod pointwise;
 pub mod transpose;
 

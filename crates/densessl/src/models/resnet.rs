@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor};
 use crate::kernels::conv2d_module;
 use crate::kernels::batch_norm::batch_norm_module;
 use crate::kernels::batch_norm_relu::batch_norm_relu_module;
+use crate::kernels::max_pool::max_pool2d_module;
 
 /// Configuration of a ResNet encoder.
 #[derive(Config, Debug, PartialEq)]
@@ -255,7 +256,7 @@ impl ResNet {
     /// `[B, 3, H, W]` → C2 `[B, C2, H/4, W/4]` … C5 `[B, C5, H/os, W/os]`
     pub fn forward(&self, x: Tensor<4>) -> Features {
         let x = batch_norm_relu_module(&self.bn1, conv2d_module(&self.conv1, x), None);
-        let x = self.maxpool.forward(x);
+        let x = max_pool2d_module(&self.maxpool, x);
         let c2 = run(&self.layer1, x);
         let c3 = run(&self.layer2, c2.clone());
         let c4 = run(&self.layer3, c3.clone());

@@ -1,0 +1,231 @@
+//! 2-D max pooling on channels-last activations, as a backend extension (issue 9, attempt 9).
+//!
+//! A ResNet's stem pools the batch norm's channels-last output. burn-flex pools NCHW, so it
+//! would copy the activation into NCHW order first, and its gradient back, on the network's
+//! largest tensors. Here the pooling reads and writes `[N, H, W, C]` memory where it lies:
+//! each output pixel is the element-wise maximum of its taps' runs of channels (which
+//! vectorises), and the backward pass finds each maximum again instead of keeping indices.
+//! Every other backend and case (dilation, ceil mode, non-`f32`, `DENSESSL_LAYOUT=nchw`)
+//! keeps burn's own pooling (the trait's default bodies).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::nn::pool::MaxPool2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{DType, IntDType, Tensor};
+use rayon::prelude::*;
+
+use super::layout;
+
+/// Geometry of a max pooling without dilation or ceil mode, padding the same on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeometry {
+    /// Images.
+    pub batch: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Input height and width.
+    pub input: [usize; 2],
+    /// Window height and width.
+    pub kernel: [usize; 2],
+    /// Stride per axis.
+    pub stride: [usize; 2],
+    /// Padding per axis (the same on both sides; padded taps never win).
+    pub padding: [usize; 2],
+}
+
+impl PoolGeometry {
+    /// Output height and width.
+    pub fn output(&self) -> [usize; 2] {
+        std::array::from_fn(|a| (self.input[a] + 2 * self.padding[a] - self.kernel[a]) / self.stride[a] + 1)
+    }
+
+    /// The input pixels `iy·W + ix` of output pixel `(oy, ox)`'s window, in scan order.
+    fn taps(&self, oy: usize, ox: usize) -> impl Iterator<Item = usize> + '_ {
+        let [h, w] = self.input;
+        let rows = (0..self.kernel[0]).filter_map(move |ky| (oy * self.stride[0] + ky).checked_sub(self.padding[0]).filter(|&y| y < h));
+        rows.flat_map(move |iy| {
+            (0..self.kernel[1]).filter_map(move |kx| (ox * self.stride[1] + kx).checked_sub(self.padding[1]).filter(|&x| x < w)).map(move |ix| iy * w + ix)
+        })
+    }
+}
+
+/// Forward pass on NHWC values: `x [B, H, W, C]` → `[B, Ho, Wo, C]`, each output the
+/// largest of its window's in-bounds values.
+pub fn forward(x: &[f32], g: &PoolGeometry) -> Vec<f32> {
+    let [h, w] = g.input;
+    let [ho, wo] = g.output();
+    let c = g.channels;
+    assert_eq!(x.len(), g.batch * h * w * c, "max pool: input length does not match its geometry");
+    let mut y = vec![f32::NEG_INFINITY; g.batch * ho * wo * c];
+    // One task per output row of an image.
+    y.par_chunks_mut((wo * c).max(1)).enumerate().for_each(|(row, out)| {
+        let (b, oy) = (row / ho, row % ho);
+        let image = &x[b * h * w * c..][..h * w * c];
+        for (ox, o) in out.chunks_exact_mut(c).enumerate() {
+            for pixel in g.taps(oy, ox) {
+                o.iter_mut().zip(&image[pixel * c..][..c]).for_each(|(o, &v)| *o = o.max(v));
+            }
+        }
+    });
+    y
+}
+
+/// Gradient on NHWC values: each output gradient goes to the first tap of its window (in
+/// scan order, as PyTorch picks) that holds the window's maximum.
+pub fn gradient(x: &[f32], y: &[f32], dy: &[f32], g: &PoolGeometry) -> Vec<f32> {
+    let [h, w] = g.input;
+    let [ho, wo] = g.output();
+    let c = g.channels;
+    assert_eq!(x.len(), g.batch * h * w * c, "max pool: input length does not match its geometry");
+    assert!(y.len() == g.batch * ho * wo * c && dy.len() == y.len(), "max pool: output or gradient length does not match");
+    let mut dx = vec![0.0f32; x.len()];
+    // One task per image: windows overlap, and each image's pixels are its task's alone.
+    dx.par_chunks_mut((h * w * c).max(1)).enumerate().for_each(|(b, image_dx)| {
+        let image = &x[b * h * w * c..][..h * w * c];
+        let mut found = vec![false; c];
+        for (q, (ys, gs)) in y[b * ho * wo * c..][..ho * wo * c].chunks_exact(c).zip(dy[b * ho * wo * c..].chunks_exact(c)).enumerate() {
+            found.iter_mut().for_each(|f| *f = false);
+            for pixel in g.taps(q / wo, q % wo) {
+                let (xs, ds) = (&image[pixel * c..][..c], &mut image_dx[pixel * c..][..c]);
+                // Branch-free across channels, so it vectorises.
+                for ((((d, &v), &m), &gr), f) in ds.iter_mut().zip(xs).zip(ys).zip(gs).zip(found.iter_mut()) {
+                    let hit = !*f && v == m;
+                    *d += if hit { gr } else { 0.0 };
+                    *f |= hit;
+                }
+            }
+        }
+    });
+    dx
+}
+
+/// Max pooling (no dilation, no ceil mode) whose forward pass and gradient a backend may
+/// replace. Shapes: `x [B, C, H, W]`, output and output gradient `[B, C, Ho, Wo]`.
+#[backend_extension(Flex, Autodiff, Cube: cfg(any(feature = "vulkan", feature = "cuda")))]
+pub trait MaxPoolKernels: Backend {
+    /// The pooled output.
+    fn max_pool2d_plain(x: FloatTensor<Self>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> FloatTensor<Self> {
+        Self::max_pool2d(x, kernel, stride, padding, [1, 1], false)
+    }
+
+    /// The gradient with respect to `x`, given the forward's `output` and its gradient.
+    fn max_pool2d_x_gradient(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let _ = output;
+        burn_x_gradient::<Self>(x, output_grad, [kernel, stride, padding])
+    }
+}
+
+/// burn's own max-pool gradient: the window maxima found again with indices, then scattered.
+fn burn_x_gradient<B: Backend>(x: FloatTensor<B>, output_grad: FloatTensor<B>, [kernel, stride, padding]: [[usize; 2]; 3]) -> FloatTensor<B> {
+    let indices = B::max_pool2d_with_indices(x.clone(), kernel, stride, padding, [1, 1], false, IntDType::I64).indices;
+    B::max_pool2d_with_indices_backward(x, kernel, stride, padding, [1, 1], false, output_grad, indices).x_grad
+}
+
+#[cfg(any(feature = "vulkan", feature = "cuda"))]
+impl MaxPoolKernels for burn::backend::Cube {}
+
+/// The geometry when the channels-last kernels cover this pooling of `x`, else `None`.
+fn cpu_geometry(x: &FloatTensor<Flex>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Option<PoolGeometry> {
+    let shape = x.shape();
+    if !layout::channels_last_outputs() || x.dtype() != DType::F32 || shape.num_dims() != 4 {
+        return None;
+    }
+    let [batch, channels, h, w] = shape.dims();
+    let fits = |a: usize, side: usize| kernel[a] > 0 && stride[a] > 0 && padding[a] < kernel[a] && side + 2 * padding[a] >= kernel[a];
+    (fits(0, h) && fits(1, w)).then_some(PoolGeometry { batch, channels, input: [h, w], kernel, stride, padding })
+}
+
+fn output_dims(g: &PoolGeometry) -> [usize; 4] {
+    let [ho, wo] = g.output();
+    [g.batch, g.channels, ho, wo]
+}
+
+impl MaxPoolKernels for Flex {
+    fn max_pool2d_plain(x: FloatTensor<Self>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> FloatTensor<Self> {
+        let Some(g) = cpu_geometry(&x, kernel, stride, padding) else {
+            return Self::max_pool2d(x, kernel, stride, padding, [1, 1], false);
+        };
+        let x = layout::channels_last_values(x);
+        layout::from_channels_last(forward(x.storage(), &g), output_dims(&g))
+    }
+
+    fn max_pool2d_x_gradient(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let Some(g) = cpu_geometry(&x, kernel, stride, padding).filter(|g| output.shape().dims::<4>() == output_dims(g)) else {
+            return burn_x_gradient::<Self>(x, output_grad, [kernel, stride, padding]);
+        };
+        let dims = [g.batch, g.channels, g.input[0], g.input[1]];
+        let [x, y, dy] = [x, output, output_grad].map(layout::channels_last_values);
+        layout::from_channels_last(gradient(x.storage(), y.storage(), dy.storage(), &g), dims)
+    }
+}
+
+impl<B: Backend + MaxPoolKernels, C: CheckpointStrategy> MaxPoolKernels for Autodiff<B, C> {
+    fn max_pool2d_plain(x: FloatTensor<Self>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct MaxPoolPlain;
+
+        impl<B: Backend + MaxPoolKernels> Backward<B, 1> for MaxPoolPlain {
+            // The input (checkpointed), the output and the window.
+            type State = (NodeId, FloatTensor<B>, [[usize; 2]; 3]);
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                let [node_x] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, output, [kernel, stride, padding]) = ops.state;
+                let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::max_pool2d_x_gradient(x, output, grad, kernel, stride, padding));
+                }
+            }
+        }
+
+        match MaxPoolPlain.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let y = B::max_pool2d_plain(x.into_primitive(), kernel, stride, padding);
+                prep.finish((x_state, y.clone(), [kernel, stride, padding]), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::max_pool2d_plain(x.into_primitive(), kernel, stride, padding)),
+        }
+    }
+}
+
+/// Max pooling through [`MaxPoolKernels`]. Shapes as there.
+pub fn max_pool2d(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as MaxPoolKernels>::max_pool2d_plain(x.into_dispatch(), kernel, stride, padding))
+}
+
+/// A burn [`MaxPool2d`] module's forward pass through [`MaxPoolKernels`] where it has
+/// symmetric explicit padding, no dilation and no ceil mode; burn's module otherwise.
+pub fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    match pool.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right)
+            if top == bottom && left == right && pool.dilation == [1, 1] && !pool.ceil_mode =>
+        {
+            max_pool2d(x, pool.kernel_size, pool.stride, [top, left])
+        }
+        PaddingConfig2d::Valid if pool.dilation == [1, 1] && !pool.ceil_mode => max_pool2d(x, pool.kernel_size, pool.stride, [0, 0]),
+        _ => pool.forward(x),
+    }
+}
