@@ -1,6 +1,8 @@
 //! Faster operations plugged into burn through its backend-extension mechanism (issue 9):
-//! convolutions here, training-mode batch norm in [`batch_norm`], and batch norm fused with
-//! the ReLU (and residual addition) after it in [`batch_norm_relu`].
+//! convolutions here, training-mode batch norm in [`batch_norm`], batch norm fused with the
+//! ReLU (and residual addition) after it in [`batch_norm_relu`], and max pooling in
+//! [`max_pool`]. On burn-flex they hand activations on channels-last ([`layout`]), so the
+//! next kernel reads them without a transpose.
 //!
 //! [`ConvKernels`] is a backend extension: a bias-free 2-D convolution whose forward pass and
 //! both gradients a backend may replace. On burn-flex (the CPU backend) the ResNet encoder's
