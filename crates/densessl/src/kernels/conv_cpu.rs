@@ -15,8 +15,11 @@
 //! - data gradient (other strides): col2im, `dcol[P, K] = G[P, Cout] · W[Cout, K]`, each
 //!   row added back onto the pixels its taps read.
 //!
-//! When both gradients are needed, [`conv2d_gradients`] transposes the output gradient to
-//! NHWC once for the two of them. 1×1 stride-1 convolutions on larger maps skip all of this:
+//! The `*_channels_last` entry points take and return NHWC activations as they are (what
+//! the extension hands on, see [`super::layout`]); where im2col is the identity (1×1, stride
+//! 1, no padding) their products read the input itself. The NCHW entry points transpose on
+//! the way in and out; when both gradients are needed, [`conv2d_gradients`] transposes the
+//! output gradient to NHWC once for the two of them. 1×1 stride-1 convolutions on larger maps skip all of this:
 //! [`super::pointwise`] multiplies them image by image straight from NCHW.
 //!
 //! Measured effect and the shapes it was measured on: docs/BENCHMARKS.md (issue 9).

@@ -135,7 +135,7 @@ fn cpu_geometry(x: &FloatTensor<Flex>, weight: &FloatTensor<Flex>, options: &Con
     })
 }
 
-/// 1×1, stride-1 convolutions on small maps: burn-flex's forward (and so its data gradient)
+/// Under `DENSESSL_LAYOUT=nchw`, 1×1 stride-1 convolutions on small maps: burn-flex's forward (and so its data gradient)
 /// is one gemm per image straight from NCHW, as fast there as the NHWC round trip of the
 /// batch-wide kernels (docs/BENCHMARKS.md, attempts 4 and 7). Larger maps go to
 /// [`pointwise`], which does the same per image with single-threaded products.
@@ -156,7 +156,7 @@ fn from_values(values: Vec<f32>, shape: [usize; 4]) -> FloatTensor<Flex> {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// The NCHW dimensions of the input and of the output of a convolution of geometry `g`.
+/// The NCHW dimensions of a convolution's input, output and kernel.
 fn input_dims(g: &ConvGeometry) -> [usize; 4] {
     [g.batch, g.cin, g.input[0], g.input[1]]
 }
@@ -166,9 +166,19 @@ fn output_dims(g: &ConvGeometry) -> [usize; 4] {
     [g.batch, g.cout, ho, wo]
 }
 
+fn weight_dims(g: &ConvGeometry) -> [usize; 4] {
+    [g.cout, g.cin, g.kernel[0], g.kernel[1]]
+}
+
+/// The geometry when the channels-last kernels take this convolution (every covered one,
+/// unless `DENSESSL_LAYOUT=nchw`).
+fn channels_last_geometry(x: &FloatTensor<Flex>, weight: &FloatTensor<Flex>, options: &ConvOptions<2>) -> Option<ConvGeometry> {
+    cpu_geometry(x, weight, options).filter(|_| layout::channels_last_outputs())
+}
+
 impl ConvKernels for Flex {
     fn conv2d_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
-        if let Some(g) = cpu_geometry(&x, &weight, &options).filter(|_| layout::channels_last_outputs()) {
+        if let Some(g) = channels_last_geometry(&x, &weight, &options) {
             let (x, weight) = (layout::channels_last_values(x), values(weight));
             let y = conv_cpu::conv2d_forward_channels_last(as_f32(&x), as_f32(&weight), &g);
             return layout::from_channels_last(y, output_dims(&g));
@@ -188,7 +198,7 @@ impl ConvKernels for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        if let Some(g) = cpu_geometry(&x, &weight, &options).filter(|_| layout::channels_last_outputs()) {
+        if let Some(g) = channels_last_geometry(&x, &weight, &options) {
             let (weight, grad) = (values(weight), layout::channels_last_values(output_grad));
             let dx = conv_cpu::conv2d_data_gradient_channels_last(as_f32(&weight), as_f32(&grad), &g);
             return layout::from_channels_last(dx, input_dims(&g));
@@ -210,14 +220,14 @@ impl ConvKernels for Flex {
         let Some(g) = cpu_geometry(&x, &weight, &options) else {
             return Self::conv2d_weight_backward(x, weight, output_grad, options);
         };
-        if layout::channels_last_outputs() {
+        let dw = if layout::channels_last_outputs() {
             let (x, grad) = (layout::channels_last_values(x), layout::channels_last_values(output_grad));
-            let dw = conv_cpu::conv2d_weight_gradient_channels_last(as_f32(&x), as_f32(&grad), &g);
-            return from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]]);
-        }
-        let (x, grad) = (values(x), values(output_grad));
-        let dw = conv_cpu::conv2d_weight_gradient(as_f32(&x), as_f32(&grad), &g);
-        from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]])
+            conv_cpu::conv2d_weight_gradient_channels_last(as_f32(&x), as_f32(&grad), &g)
+        } else {
+            let (x, grad) = (values(x), values(output_grad));
+            conv_cpu::conv2d_weight_gradient(as_f32(&x), as_f32(&grad), &g)
+        };
+        from_values(dw, weight_dims(&g))
     }
 
     fn conv2d_gradients(
@@ -226,12 +236,12 @@ impl ConvKernels for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if let Some(g) = cpu_geometry(&x, &weight, &options).filter(|_| layout::channels_last_outputs()) {
+        if let Some(g) = channels_last_geometry(&x, &weight, &options) {
             // One channels-last copy of the output gradient (none when it already is one) for both.
             let (x, weight, grad) = (layout::channels_last_values(x), values(weight), layout::channels_last_values(output_grad));
             let dx = conv_cpu::conv2d_data_gradient_channels_last(as_f32(&weight), as_f32(&grad), &g);
             let dw = conv_cpu::conv2d_weight_gradient_channels_last(as_f32(&x), as_f32(&grad), &g);
-            return (layout::from_channels_last(dx, input_dims(&g)), from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]]));
+            return (layout::from_channels_last(dx, input_dims(&g)), from_values(dw, weight_dims(&g)));
         }
         // Shared work only where both gradients are ours; otherwise each call picks its path.
         let Some(g) = cpu_geometry(&x, &weight, &options).filter(|g| !burn_is_one_gemm(g)) else {
@@ -241,7 +251,7 @@ impl ConvKernels for Flex {
         let (dx, dw) = conv_cpu::conv2d_gradients(as_f32(&x), as_f32(&weight), as_f32(&grad), &g);
         (
             from_values(dx, [g.batch, g.cin, g.input[0], g.input[1]]),
-            from_values(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]]),
+            from_values(dw, weight_dims(&g)),
         )
     }
 }
