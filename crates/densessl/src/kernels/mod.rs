@@ -24,6 +24,7 @@ pub mod conv_cpu;
 pub mod gemm;
 pub mod layout;
 pub mod max_pool;
+pub mod momentum_blend;
 pub mod pointwise;
 pub mod transpose;
 

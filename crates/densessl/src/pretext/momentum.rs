@@ -7,6 +7,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
+
+use crate::kernels::momentum_blend::momentum_blend;
 use rand_chacha::ChaCha8Rng;
 
 const BUFFERS: [&str; 2] = ["running_mean", "running_var"];
@@ -62,7 +64,7 @@ fn parameters<M: Module>(module: &M) -> Vec<Tensor<1>> {
 }
 
 /// Returns `key` with θ_k ← m·θ_k + (1 − m)·θ_q applied to every parameter. The blends run
-/// in parallel across parameters: each is a few serial passes on the CPU backend.
+/// in parallel across parameters, each one pass on the CPU backend ([`momentum_blend`]).
 pub fn momentum_update<M: Module>(key: M, online: &M, momentum: f64) -> M {
     let (keys, online) = (parameters(&key), parameters(online));
     assert_eq!(keys.len(), online.len(), "key and online networks have the same parameters");
@@ -71,7 +73,7 @@ pub fn momentum_update<M: Module>(key: M, online: &M, momentum: f64) -> M {
         .zip(online)
         .map(|(key, online)| {
             assert_eq!(key.dims(), online.dims(), "parameter shapes differ");
-            (key * momentum + online * (1.0 - momentum)).detach()
+            momentum_blend(key, online, momentum)
         })
         .collect();
     key.map(&mut Replace { path: Vec::new(), blended: blended.into_iter() })
