@@ -166,10 +166,9 @@ impl CpuLayout {
     }
 }
 
-/// The tensor in contiguous order, and its dimensions.
-pub(super) fn values(tensor: FloatTensor<Flex>) -> (FlexTensor, Vec<usize>) {
-    let dims = tensor.shape().to_vec();
-    (tensor.to_contiguous(), dims)
+/// A per-channel tensor (γ, β, mean, variance) in contiguous order.
+pub(super) fn values(tensor: FloatTensor<Flex>) -> FlexTensor {
+    tensor.to_contiguous()
 }
 
 /// A burn-flex tensor of these values and dimensions.
@@ -188,7 +187,7 @@ impl BatchNormKernels for Flex {
             return burn_batch_stats::<Self>(x, gamma, beta, epsilon);
         };
         let dims = x.shape().to_vec();
-        let (x, (gamma, _), (beta, _)) = (layout.values(x), values(gamma), values(beta));
+        let (x, gamma, beta) = (layout.values(x), values(gamma), values(beta));
         let (y, mean, var) = layout.forward_then(x.storage(), gamma.storage(), beta.storage(), epsilon, Epilogue::default());
         let channels = vec![layout.channels()];
         (layout.tensor(y, &dims), tensor(mean, channels.clone()), tensor(var, channels))
@@ -208,7 +207,7 @@ impl BatchNormKernels for Flex {
         };
         let dims = x.shape().to_vec();
         let (x, dy) = (layout.values(x), layout.values(output_grad));
-        let ((gamma, _), (mean, _), (variance, _)) = (values(gamma), values(mean), values(variance));
+        let (gamma, mean, variance) = (values(gamma), values(mean), values(variance));
         let statistics = Statistics { gamma: gamma.storage(), mean: mean.storage(), variance: variance.storage(), epsilon };
         let (dx, dgamma, dbeta, _) = layout.backward_through(x.storage(), statistics, dy.storage(), None);
         let channels = vec![layout.channels()];

@@ -139,9 +139,7 @@ pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, p: Pla
     assert!(gamma.len() == p.channels && beta.len() == p.channels, "gamma and beta must be [C]");
     assert!(epilogue.residual.is_none_or(|r| r.len() == x.len()), "the residual must be shaped as x");
     let (mean, variance) = statistics(x, p);
-    // y = scale·x + shift, folded per channel.
-    let scale: Vec<f32> = (0..p.channels).map(|c| gamma[c] / (f64::from(variance[c]) + epsilon).sqrt() as f32).collect();
-    let shift: Vec<f32> = (0..p.channels).map(|c| beta[c] - mean[c] * scale[c]).collect();
+    let (scale, shift) = scale_and_shift(gamma, beta, &mean, &variance, epsilon);
     let output = map_planes(p, |n, c, out| {
         let (xs, (a, b)) = (p.of(x, n, c), (scale[c], shift[c]));
         // One loop per case, so each stays branch-free and vectorises.
@@ -153,6 +151,26 @@ pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, p: Pla
         }
     });
     (output, mean, variance)
+}
+
+/// `(scale, shift)` per channel, so that the forward output is `scale·x + shift`.
+pub(super) fn scale_and_shift(gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: f64) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = (0..gamma.len()).map(|c| gamma[c] / (f64::from(variance[c]) + epsilon).sqrt() as f32).collect();
+    let shift: Vec<f32> = (0..gamma.len()).map(|c| beta[c] - mean[c] * scale[c]).collect();
+    (scale, shift)
+}
+
+/// `1/sqrt(variance + epsilon)` per channel.
+pub(super) fn inverse_std(variance: &[f32], epsilon: f64) -> Vec<f32> {
+    variance.iter().map(|&v| (1.0 / (f64::from(v) + epsilon).sqrt()) as f32).collect()
+}
+
+/// `[a, b, d]` per channel, with which `dx = a·g + b·(x − mean) + d` (`count` values per channel).
+pub(super) fn dx_coefficients(gamma: &[f32], inv_std: &[f32], dgamma: &[f32], dbeta: &[f32], count: f32) -> [Vec<f32>; 3] {
+    let a: Vec<f32> = (0..gamma.len()).map(|c| gamma[c] * inv_std[c]).collect();
+    let b: Vec<f32> = (0..gamma.len()).map(|c| -a[c] * inv_std[c] * dgamma[c] / count).collect();
+    let d: Vec<f32> = (0..gamma.len()).map(|c| -a[c] * dbeta[c] / count).collect();
+    [a, b, d]
 }
 
 /// Gradients of [`forward`] given the output gradient `dy`: `(dx, dgamma, dbeta)`.
@@ -254,7 +272,7 @@ pub(super) fn backward_through(
     assert_eq!(x.len(), p.batch * p.channels * p.plane, "x is not [N, C, S]");
     assert!(gamma.len() == p.channels && mean.len() == p.channels && variance.len() == p.channels, "per-channel inputs must be [C]");
     let output = relu.map(|(output, _)| output);
-    let inv_std: Vec<f32> = variance.iter().map(|&v| (1.0 / (f64::from(v) + epsilon).sqrt()) as f32).collect();
+    let inv_std = inverse_std(variance, epsilon);
     let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (0..p.channels)
         .into_par_iter()
         .map(|c| {
@@ -267,11 +285,7 @@ pub(super) fn backward_through(
             (sum as f32, (centred * f64::from(inv_std[c])) as f32)
         })
         .unzip();
-    // dx = a·g + b·(x − mean) + d per channel.
-    let m = p.count() as f32;
-    let a: Vec<f32> = (0..p.channels).map(|c| gamma[c] * inv_std[c]).collect();
-    let b: Vec<f32> = (0..p.channels).map(|c| -a[c] * inv_std[c] * dgamma[c] / m).collect();
-    let d: Vec<f32> = (0..p.channels).map(|c| -a[c] * dbeta[c] / m).collect();
+    let [a, b, d] = dx_coefficients(gamma, &inv_std, &dgamma, &dbeta, p.count() as f32);
     // One pass writes dx, and the masked gradient where it is kept.
     let keep = relu.is_some_and(|(_, keep)| keep);
     let len = x.len();

@@ -120,7 +120,7 @@ fn flex_forward(
         return burn_relu_batch_stats::<Flex>(x, gamma, beta, residual, epsilon);
     };
     let dims = x.shape().to_vec();
-    let (x, (gamma, _), (beta, _)) = (layout.values(x), values(gamma), values(beta));
+    let (x, gamma, beta) = (layout.values(x), values(gamma), values(beta));
     // The residual is read in x's layout (a copy only where it lies otherwise).
     let residual = residual.map(|r| layout.values(r));
     let epilogue = Epilogue { residual: residual.as_ref().map(|r| r.storage()), relu: true };
@@ -167,7 +167,7 @@ impl BatchNormReluKernels for Flex {
         let dims = x.shape().to_vec();
         // All three activations in x's layout (copies only where one lies otherwise).
         let (x, output, dy) = (layout.values(x), layout.values(output), layout.values(output_grad));
-        let ((gamma, _), (mean, _), (variance, _)) = (values(gamma), values(mean), values(variance));
+        let (gamma, mean, variance) = (values(gamma), values(mean), values(variance));
         let statistics = Statistics { gamma: gamma.storage(), mean: mean.storage(), variance: variance.storage(), epsilon };
         let relu = Some((output.storage(), keep_masked));
         let (dx, dgamma, dbeta, masked) = layout.backward_through(x.storage(), statistics, dy.storage(), relu);

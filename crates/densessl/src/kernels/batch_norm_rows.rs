@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::batch_norm_cpu::{keep_where_positive, Epilogue, Statistics};
+use super::batch_norm_cpu::{dx_coefficients, inverse_std, keep_where_positive, scale_and_shift, Epilogue, Statistics};
 
 /// Sizes of an `[R, C]` activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +100,7 @@ pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, r: Row
     assert!(epilogue.residual.is_none_or(|res| res.len() == x.len()), "the residual must be shaped as x");
     let (mean, variance) = statistics(x, r);
     let c = r.channels;
-    let scale: Vec<f32> = (0..c).map(|i| gamma[i] / (f64::from(variance[i]) + epsilon).sqrt() as f32).collect();
-    let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    let (scale, shift) = scale_and_shift(gamma, beta, &mean, &variance, epsilon);
     let output = map_tasks(r, |task, out| {
         let xs = task_rows(x, r, task);
         let residual = epilogue.residual.map(|res| task_rows(res, r, task));
@@ -140,7 +139,7 @@ pub fn backward_through(
     assert!(relu.is_none_or(|(y, _)| y.len() == x.len()), "the output and its gradient differ in size");
     assert!(gamma.len() == c && mean.len() == c && variance.len() == c, "per-channel inputs must be [C]");
     let output = relu.map(|(output, _)| output);
-    let inv_std: Vec<f32> = variance.iter().map(|&v| (1.0 / (f64::from(v) + epsilon).sqrt()) as f32).collect();
+    let inv_std = inverse_std(variance, epsilon);
     // [Σ g, Σ g·(x − mean)] per channel, g masked by the ReLU's output where there is one.
     let sums = channel_sums(r, 2, |task, acc| {
         let (sum, centred) = acc.split_at_mut(c);
@@ -164,10 +163,7 @@ pub fn backward_through(
     let dbeta: Vec<f32> = sums[..c].iter().map(|&s| s as f32).collect();
     let dgamma: Vec<f32> = sums[c..].iter().zip(&inv_std).map(|(&t, &s)| (t * f64::from(s)) as f32).collect();
     // dx = a·g + b·(x − mean) + d per channel.
-    let m = r.rows as f32;
-    let a: Vec<f32> = (0..c).map(|i| gamma[i] * inv_std[i]).collect();
-    let b: Vec<f32> = (0..c).map(|i| -a[i] * inv_std[i] * dgamma[i] / m).collect();
-    let d: Vec<f32> = (0..c).map(|i| -a[i] * dbeta[i] / m).collect();
+    let [a, b, d] = dx_coefficients(gamma, &inv_std, &dgamma, &dbeta, r.rows as f32);
     let keep = relu.is_some_and(|(_, keep)| keep);
     let len = x.len();
     let (mut dx, mut kept) = (Vec::with_capacity(len), Vec::with_capacity(if keep { len } else { 0 }));
