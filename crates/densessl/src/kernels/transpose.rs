@@ -20,23 +20,29 @@ pub fn transpose_each_image(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(src.len() % image, 0, "transpose: the buffer is not a whole number of images");
     let mut out = Vec::with_capacity(src.len());
     out.spare_capacity_mut()[..src.len()].par_chunks_mut(image).zip(src.par_chunks(image)).for_each(|(dst, block)| {
-        for i0 in (0..rows).step_by(TRANSPOSE_TILE) {
-            for j0 in (0..cols).step_by(TRANSPOSE_TILE) {
+        // Each task writes whole rows of the transpose, a band of TRANSPOSE_TILE source
+        // columns: a single large block (a kernel turned to column form) is split too.
+        dst.par_chunks_mut(TRANSPOSE_TILE * rows).enumerate().for_each(|(band, dst_rows)| {
+            let j0 = band * TRANSPOSE_TILE;
+            for i0 in (0..rows).step_by(TRANSPOSE_TILE) {
                 let tile = [i0..(i0 + TRANSPOSE_TILE).min(rows), j0..(j0 + TRANSPOSE_TILE).min(cols)];
-                transpose_tile(dst, block, [rows, cols], tile);
+                transpose_tile(dst_rows, block, [rows, cols], tile);
             }
-        }
+        });
     });
     // SAFETY: `src.len()` is a multiple of `image` (each block is a whole image), and the
-    // tiles of every block cover all of its `rows × cols` slots, so every element is written.
+    // bands' tiles of every block cover all of its `rows × cols` slots, so every element is
+    // written.
     unsafe { out.set_len(src.len()) };
     out
 }
 
-/// `dst[j·rows + i] = block[i·cols + j]` for `i, j` in the tile: whole 8×8 squares through
-/// AVX registers where the CPU has AVX, the rest one element at a time.
+/// `dst[(j − js.start)·rows + i] = block[i·cols + j]` for `i, j` in the tile (`dst` holds the
+/// transpose's rows `js`): whole 8×8 squares through AVX registers where the CPU has AVX, the
+/// rest one element at a time.
 fn transpose_tile(dst: &mut [MaybeUninit<f32>], block: &[f32], [rows, cols]: [usize; 2], [is, js]: [std::ops::Range<usize>; 2]) {
-    assert!(block.len() >= rows * cols && dst.len() >= rows * cols && is.end <= rows && js.end <= cols);
+    assert!(block.len() >= rows * cols && dst.len() >= rows * js.len() && is.end <= rows && js.end <= cols);
+    let band = js.start;
     let (mut i_done, mut j_done) = (is.start, js.start);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
@@ -45,8 +51,9 @@ fn transpose_tile(dst: &mut [MaybeUninit<f32>], block: &[f32], [rows, cols]: [us
         for i in (is.start..i_done).step_by(8) {
             for j in (js.start..j_done).step_by(8) {
                 // SAFETY: AVX is present; rows i..i+8 and columns j..j+8 lie inside the
-                // `[rows, cols]` block and its transpose (asserted above).
-                unsafe { transpose_8x8_avx(block.as_ptr().add(i * cols + j), cols, dst.as_mut_ptr().add(j * rows + i).cast(), rows) };
+                // `[rows, cols]` block, and rows j..j+8 of the transpose inside `dst`
+                // (asserted above).
+                unsafe { transpose_8x8_avx(block.as_ptr().add(i * cols + j), cols, dst.as_mut_ptr().add((j - band) * rows + i).cast(), rows) };
             }
         }
     }
@@ -54,7 +61,7 @@ fn transpose_tile(dst: &mut [MaybeUninit<f32>], block: &[f32], [rows, cols]: [us
     for i in is.clone() {
         let from = if i < i_done { j_done } else { js.start };
         for j in from..js.end {
-            dst[j * rows + i].write(block[i * cols + j]);
+            dst[(j - band) * rows + i].write(block[i * cols + j]);
         }
     }
 }
@@ -101,6 +108,29 @@ unsafe fn transpose_8x8_avx(src: *const f32, src_stride: usize, dst: *mut f32, d
         ];
         for (b, v) in out.into_iter().enumerate() {
             _mm256_storeu_ps(dst.add(b * dst_stride), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose_each_image;
+
+    /// Every element lands at its transposed place, for blocks that are and are not whole
+    /// tiles or 8×8 squares, one image or several (a single image is split into bands).
+    #[test]
+    fn transposes_every_block() {
+        for (images, rows, cols) in [(1, 1, 1), (1, 7, 300), (1, 512, 97), (3, 33, 65), (2, 64, 64), (4, 9, 1)] {
+            let src: Vec<f32> = (0..images * rows * cols).map(|i| i as f32).collect();
+            let out = transpose_each_image(&src, rows, cols);
+            for b in 0..images {
+                for i in 0..rows {
+                    for j in 0..cols {
+                        let image = b * rows * cols;
+                        assert_eq!(out[image + j * rows + i], src[image + i * cols + j], "{images}×[{rows}, {cols}] at image {b}, ({i}, {j})");
+                    }
+                }
+            }
         }
     }
 }
