@@ -160,6 +160,69 @@ fn flatten_kernel(weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
     transpose_each_image(weight, g.cin, g.kernel[0] * g.kernel[1])
 }
 
+/// A convolution kernel in column form: `[(ky, kx, c), Cout]`, rows in im2col order, one
+/// column per output channel, each row `stride` floats apart.
+///
+/// The forward product reads it along Cout, which is how gemm's microkernel walks that
+/// operand, so gemm multiplies it as it is instead of packing it in every call (ResNet's layer4
+/// forward: 8.5 → 6.5 ms, docs/BENCHMARKS.md "Attempt 10"). Unpacked, rows a power of two
+/// apart would land in the same few cache sets; the stride is one cache line longer.
+struct KernelColumns {
+    values: Vec<f32>,
+    stride: usize,
+}
+
+impl KernelColumns {
+    /// Kernel `[Cout, Cin, kh, kw]` → column form.
+    fn new(weight: &[f32], g: &ConvGeometry) -> Self {
+        let (taps, cin) = (g.kernel[0] * g.kernel[1], g.cin);
+        // [Cout, (c, tap)] → [(c, tap), Cout], then the rows put in (tap, c) order.
+        let by_channel = transpose_each_image(weight, g.cout, cin * taps);
+        Self::from_rows(&by_channel, g.cout, |row| {
+            let (tap, c) = (row / cin, row % cin);
+            c * taps + tap
+        })
+    }
+
+    /// The flipped, channel-swapped kernel of the stride-1 data gradient, `[(ky, kx, o), Cin]`:
+    /// `flipped[t′][o][c] = weight[o][c][t]` with tap `t′ = taps − 1 − t` (both axes reversed).
+    fn flipped(weight: &[f32], g: &ConvGeometry) -> Self {
+        let (taps, cout) = (g.kernel[0] * g.kernel[1], g.cout);
+        // Each output channel's `[Cin, taps]` block turned to `[taps, Cin]`, then the rows
+        // reordered: both passes stay sequential.
+        let by_output = flatten_kernel(weight, g);
+        Self::from_rows(&by_output, g.cin, |row| {
+            let (flipped_tap, o) = (row / cout, row % cout);
+            o * taps + taps - 1 - flipped_tap
+        })
+    }
+
+    /// Row `r` is row `source_of(r)` of `src` (rows of `columns` floats), then zeros up to
+    /// the stride.
+    fn from_rows(src: &[f32], columns: usize, source_of: impl Fn(usize) -> usize + Sync) -> Self {
+        let rows = src.len() / columns.max(1);
+        let stride = columns + COLUMN_PADDING;
+        let rows_per_task = (REORDER_TASK_FLOATS / stride).max(1);
+        let mut values = Vec::with_capacity(rows * stride);
+        values.spare_capacity_mut()[..rows * stride].par_chunks_mut(rows_per_task * stride).enumerate().for_each(|(task, chunk)| {
+            for (i, row) in chunk.chunks_exact_mut(stride).enumerate() {
+                let (head, padding) = row.split_at_mut(columns);
+                head.write_copy_of_slice(&src[source_of(task * rows_per_task + i) * columns..][..columns]);
+                padding.iter_mut().for_each(|slot| _ = slot.write(0.0));
+            }
+        });
+        // SAFETY: the chunks are whole rows of `stride` slots, and each row was written above.
+        unsafe { values.set_len(rows * stride) };
+        Self { values, stride }
+    }
+}
+
+/// Floats past the end of each row of [`KernelColumns`]: one cache line.
+const COLUMN_PADDING: usize = 16;
+
+/// Floats per task when rows are reordered.
+const REORDER_TASK_FLOATS: usize = 1 << 14;
+
 /// Forward convolution without bias: `x [B, Cin, H, W]`, `weight [Cout, Cin, kh, kw]` →
 /// `[B, Cout, Ho, Wo]`.
 pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
@@ -178,21 +241,20 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
 pub fn conv2d_forward_channels_last(x_nhwc: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
     assert_eq!(weight.len(), g.cout * g.row_len(), "conv2d: kernel length does not match its geometry");
     assert_eq!(x_nhwc.len(), g.batch * g.cin * g.input[0] * g.input[1], "conv2d: input length does not match its geometry");
-    forward_nhwc(x_nhwc, &flatten_kernel(weight, g), g)
+    forward_nhwc(x_nhwc, &KernelColumns::new(weight, g), g)
 }
 
-/// The forward product from an NHWC input and a kernel already in im2col order,
-/// `[Cout, (ky, kx, c)]`; the output is NHWC.
-fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// The forward product from an NHWC input and a kernel in column form; the output is NHWC.
+fn forward_nhwc(x_nhwc: &[f32], kernel: &KernelColumns, g: &ConvGeometry) -> Vec<f32> {
     let (k, cout, positions) = (g.row_len(), g.cout, g.positions());
     let len = positions * cout;
     let mut y = Vec::with_capacity(len);
     let y_slots = &mut y.spare_capacity_mut()[..len];
     if kernel_outweighs_rows(g) {
         let col = im2col_all(x_nhwc, g);
-        // Y[P, Cout] in tasks of output channels: gemm packs the kernel on one thread before
-        // it multiplies (even when it multiplies on several), so each task packs only its own
-        // channels. Multiples of 16 channels keep gemm's 16-float vectors full.
+        // Y[P, Cout] in tasks of output channels, each reading all rows and only its own
+        // columns of the kernel (the larger operand). Multiples of 16 channels keep gemm's
+        // 16-float vectors full.
         let threads = rayon::current_num_threads().max(1);
         let channels = cout.div_ceil(2 * threads).next_multiple_of(16);
         let y_columns = SharedDestination::new(y_slots);
@@ -201,17 +263,17 @@ fn forward_nhwc(x_nhwc: &[f32], kernel: &[f32], g: &ConvGeometry) -> Vec<f32> {
             let n = channels.min(cout - first);
             // SAFETY: each task writes only its own columns `first..first + n` of Y, and `y`
             // outlives the parallel loop.
-            unsafe { y_columns.gemm_into([positions, n, k], first, [cout as isize, 1], &col, [k as isize, 1], &kernel[first * k..][..n * k], [1, k as isize]) };
+            unsafe { y_columns.gemm_into([positions, n, k], first, [cout as isize, 1], &col, [k as isize, 1], &kernel.values[first..], [kernel.stride as isize, 1]) };
         });
     } else {
-        // Each task packs the whole kernel before it multiplies: with at least twice as many
-        // rows as the kernel has output channels, that costs at most half of building the rows.
+        // Each task reads the whole kernel: with at least twice as many rows as the kernel has
+        // output channels, that costs at most half of building the rows.
         let rows = rows_per_task(positions, k, MIN_FORWARD_ROWS.max(2 * cout));
         y_slots.par_chunks_mut((rows * cout).max(1)).enumerate().for_each(|(task, out)| {
             let n = out.len() / cout.max(1);
             with_rows(x_nhwc, g, task * rows, n, |col| {
-                // Y[rows, Cout] = col[rows, K] · kernelᵀ[K, Cout]
-                gemm_f32_into(Parallelism::None, [n, cout, k], out, [cout as isize, 1], col, [k as isize, 1], kernel, [1, k as isize]);
+                // Y[rows, Cout] = col[rows, K] · kernel[K, Cout]
+                gemm_f32_into(Parallelism::None, [n, cout, k], out, [cout as isize, 1], col, [k as isize, 1], &kernel.values, [kernel.stride as isize, 1]);
             });
         });
     }
@@ -416,28 +478,9 @@ fn add_rows_to_image(image: &mut [f32], rows: &[f32], g: &ConvGeometry) {
     }
 }
 
-/// Floats per task when the kernel's tap runs are reversed.
-const FLIP_TASK_FLOATS: usize = 1 << 14;
-
 /// Stride-1 data gradient as a forward convolution of geometry `backward` (the flipped form).
 fn data_gradient_flipped(weight: &[f32], grad_nhwc: &[f32], g: &ConvGeometry, backward: &ConvGeometry) -> Vec<f32> {
-    // The flipped, channel-swapped kernel in im2col order `[Cin, (ky, kx, o)]`:
-    // flipped[c][t′][o] = weight[o][c][t] with tap t′ = taps − 1 − t (both axes reversed).
-    // Reversing each run of taps, then one transpose of `[Cout, Cin·taps]`, keeps both
-    // passes sequential where a direct build writes with a stride of Cout.
-    let taps = g.kernel[0] * g.kernel[1];
-    // Copied and reversed in one parallel pass (a serial copy first cost as much as the rest).
-    let chunk = (FLIP_TASK_FLOATS / taps).max(1) * taps;
-    let mut reversed = Vec::with_capacity(weight.len());
-    reversed.spare_capacity_mut()[..weight.len()].par_chunks_mut(chunk).zip(weight.par_chunks(chunk)).for_each(|(dst, src)| {
-        for (d, s) in dst.chunks_exact_mut(taps).zip(src.chunks_exact(taps)) {
-            d.iter_mut().zip(s.iter().rev()).for_each(|(o, &v)| _ = o.write(v));
-        }
-    });
-    // SAFETY: the kernel is a whole number of tap runs (`Cout·Cin` of them), the chunks are
-    // whole runs, and every run was written above.
-    unsafe { reversed.set_len(weight.len()) };
-    let flipped = transpose_each_image(&reversed, g.cout, g.cin * taps);
+    let flipped = KernelColumns::flipped(weight, g);
     // The output gradient in NHWC is exactly the backward convolution's NHWC input.
     let dx = forward_nhwc(grad_nhwc, &flipped, backward);
     debug_assert_eq!(backward.output(), g.input);
