@@ -89,21 +89,59 @@ pub fn gradient(x: &[f32], y: &[f32], dy: &[f32], g: &PoolGeometry) -> Vec<f32> 
     // One task per image: windows overlap, and each image's pixels are its task's alone.
     dx.par_chunks_mut((h * w * c).max(1)).enumerate().for_each(|(b, image_dx)| {
         let image = &x[b * h * w * c..][..h * w * c];
-        let mut found = vec![false; c];
-        for (q, (ys, gs)) in y[b * ho * wo * c..][..ho * wo * c].chunks_exact(c).zip(dy[b * ho * wo * c..].chunks_exact(c)).enumerate() {
-            found.iter_mut().for_each(|f| *f = false);
-            for pixel in g.taps(q / wo, q % wo) {
-                let (xs, ds) = (&image[pixel * c..][..c], &mut image_dx[pixel * c..][..c]);
-                // Branch-free across channels, so it vectorises.
-                for ((((d, &v), &m), &gr), f) in ds.iter_mut().zip(xs).zip(ys).zip(gs).zip(found.iter_mut()) {
-                    let hit = !*f && v == m;
-                    *d += if hit { gr } else { 0.0 };
-                    *f |= hit;
-                }
-            }
+        let outputs = b * ho * wo * c..(b + 1) * ho * wo * c;
+        let (ys, dys) = (&y[outputs.clone()], &dy[outputs]);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { image_gradient_avx2(image_dx, image, ys, dys, g) };
+            return;
         }
+        image_gradient(image_dx, image, ys, dys, g);
     });
     dx
+}
+
+/// The gradient of one image: `image_dx` and `image` `[H, W, C]`, `ys` and `dys`
+/// `[Ho, Wo, C]`.
+#[inline(always)]
+fn image_gradient(image_dx: &mut [f32], image: &[f32], ys: &[f32], dys: &[f32], g: &PoolGeometry) {
+    let (c, wo) = (g.channels, g.output()[1]);
+    // Per channel, the output gradient not yet handed to a tap of the current window.
+    let mut left = vec![0.0f32; c];
+    for (q, (window_max, window_grad)) in ys.chunks_exact(c).zip(dys.chunks_exact(c)).enumerate() {
+        left.copy_from_slice(window_grad);
+        for pixel in g.taps(q / wo, q % wo) {
+            hand_to_maxima(&mut image_dx[pixel * c..][..c], &image[pixel * c..][..c], window_max, &mut left);
+        }
+    }
+}
+
+/// [`image_gradient`] compiled with AVX2, for CPUs that have it: the crate's baseline
+/// (x86-64, SSE2) leaves the per-channel selects as a compare and a branch per element,
+/// which made the stem's gradient take 24 ms inside a ResNet-18 step (docs/BENCHMARKS.md,
+/// "Attempt 10").
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn image_gradient_avx2(image_dx: &mut [f32], image: &[f32], ys: &[f32], dys: &[f32], g: &PoolGeometry) {
+    image_gradient(image_dx, image, ys, dys, g);
+}
+
+/// One tap of a window, across its channels: where the tap's value `xs` is the window's
+/// maximum `ys`, it takes what is `left` of the output gradient, and nothing is left for
+/// later taps. Selects over slices of one length, so that it vectorises.
+#[inline(always)]
+fn hand_to_maxima(ds: &mut [f32], xs: &[f32], ys: &[f32], left: &mut [f32]) {
+    let n = ds.len();
+    let (xs, ys, left) = (&xs[..n], &ys[..n], &mut left[..n]);
+    for i in 0..n {
+        // All ones where the tap holds the maximum. Bit masks rather than `if`: LLVM turns
+        // selects feeding stores into masked loads and stores, which AMD's cores microcode.
+        let hit = ((xs[i] == ys[i]) as u32).wrapping_neg();
+        let taken = left[i].to_bits() & hit;
+        ds[i] += f32::from_bits(taken);
+        left[i] = f32::from_bits(left[i].to_bits() & !hit);
+    }
 }
 
 /// Max pooling (no dilation, no ceil mode) whose forward pass and gradient a backend may
