@@ -163,7 +163,9 @@ pub fn resample(data: &[f32], channels: usize, view: &ViewGeometry, fill: f32) -
         for ox in 0..out_w {
             let Some((sx, sy)) = view.source_point(ox as f32 + 0.5, oy as f32 + 0.5) else { continue };
             let (fx, fy) = ((sx - 0.5).clamp(0.0, (src_w - 1) as f32), (sy - 0.5).clamp(0.0, (src_h - 1) as f32));
-            let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
+            // Truncation is the floor here (both are clamped to ≥ 0), and unlike `floor` on
+            // the crate's SSE2 baseline it is not a libm call per pixel.
+            let (x0, y0) = (fx as usize, fy as usize);
             let (x1, y1) = ((x0 + 1).min(src_w - 1), (y0 + 1).min(src_h - 1));
             let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
             for c in 0..channels {
