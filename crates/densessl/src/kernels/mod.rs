@@ -21,6 +21,7 @@ pub mod batch_norm_cpu;
 pub mod batch_norm_relu;
 pub mod batch_norm_rows;
 pub mod conv_cpu;
+mod conv_weights;
 pub mod gemm;
 pub mod layout;
 pub mod max_pool;
