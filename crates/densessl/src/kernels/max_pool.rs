@@ -117,10 +117,10 @@ fn image_gradient(image_dx: &mut [f32], image: &[f32], ys: &[f32], dys: &[f32], 
     }
 }
 
-/// [`image_gradient`] compiled with AVX2, for CPUs that have it: the crate's baseline
-/// (x86-64, SSE2) leaves the per-channel selects as a compare and a branch per element,
-/// which made the stem's gradient take 24 ms inside a ResNet-18 step (docs/BENCHMARKS.md,
-/// "Attempt 10").
+/// [`image_gradient`] compiled with AVX2, for CPUs that have it. On the crate's baseline
+/// (x86-64, SSE2) the per-channel test, written with branches, stayed a compare and a branch
+/// per element and took the stem's gradient 24 ms inside a ResNet-18 step, 3.3 ms as now
+/// (docs/BENCHMARKS.md, "Attempt 10").
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn image_gradient_avx2(image_dx: &mut [f32], image: &[f32], ys: &[f32], dys: &[f32], g: &PoolGeometry) {
@@ -129,7 +129,7 @@ fn image_gradient_avx2(image_dx: &mut [f32], image: &[f32], ys: &[f32], dys: &[f
 
 /// One tap of a window, across its channels: where the tap's value `xs` is the window's
 /// maximum `ys`, it takes what is `left` of the output gradient, and nothing is left for
-/// later taps. Selects over slices of one length, so that it vectorises.
+/// later taps. Bit masks over slices of one length, so that it vectorises.
 #[inline(always)]
 fn hand_to_maxima(ds: &mut [f32], xs: &[f32], ys: &[f32], left: &mut [f32]) {
     let n = ds.len();

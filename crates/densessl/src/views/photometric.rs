@@ -79,6 +79,9 @@ pub fn gaussian_blur(image: &mut FloatImage, sigma: f32) {
     let total: f32 = kernel.iter().sum();
     let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
     let (h, w) = (image.height, image.width);
+    if h == 0 || w == 0 {
+        return;
+    }
     // Where tap `i` (0..n + 2·radius) of a line lands, reflected at both ends (as often as a
     // line shorter than the radius needs).
     let reflected = |n: usize| -> Vec<usize> {
@@ -213,7 +216,7 @@ mod tests {
     /// Bit for bit the pixel-by-pixel blur, on lines longer and shorter than the radius.
     #[test]
     fn blur_equals_the_pixel_by_pixel_reference() {
-        for ((height, width), sigma) in [((6, 5), 0.4), ((24, 31), 0.9), ((3, 40), 2.0), ((17, 2), 1.3), ((1, 1), 0.05)] {
+        for ((height, width), sigma) in [((6, 5), 0.4), ((24, 31), 0.9), ((3, 40), 2.0), ((17, 2), 1.3), ((1, 1), 0.05), ((0, 4), 1.0)] {
             let data = (0..3 * height * width).map(|i| ((i * 7919) % 997) as f32 / 997.0).collect();
             let mut line_wise = FloatImage { height, width, data };
             let mut reference = line_wise.clone();
