@@ -190,8 +190,7 @@ impl ConvKernels for Flex {
         };
         let (x, weight) = (values(x), values(weight));
         let y = conv_cpu::conv2d_forward(as_f32(&x), as_f32(&weight), &g);
-        let [ho, wo] = g.output();
-        from_values(y, [g.batch, g.cout, ho, wo])
+        from_values(y, output_dims(&g))
     }
 
     fn conv2d_x_gradient(
@@ -210,7 +209,7 @@ impl ConvKernels for Flex {
         };
         let (weight, grad) = (values(weight), values(output_grad));
         let dx = conv_cpu::conv2d_data_gradient(as_f32(&weight), as_f32(&grad), &g);
-        from_values(dx, [g.batch, g.cin, g.input[0], g.input[1]])
+        from_values(dx, input_dims(&g))
     }
 
     fn conv2d_weight_gradient(
@@ -252,7 +251,7 @@ impl ConvKernels for Flex {
         let (x, weight, grad) = (values(x), values(weight), values(output_grad));
         let (dx, dw) = conv_cpu::conv2d_gradients(as_f32(&x), as_f32(&weight), as_f32(&grad), &g);
         (
-            from_values(dx, [g.batch, g.cin, g.input[0], g.input[1]]),
+            from_values(dx, input_dims(&g)),
             from_values(dw, weight_dims(&g)),
         )
     }
