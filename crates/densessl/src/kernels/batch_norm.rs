@@ -24,7 +24,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use super::batch_norm_cpu::{self, Epilogue, Planes, Statistics};
 use super::batch_norm_rows::{self, Rows};
-use super::layout;
+use super::{batch_norm_groups, layout};
 
 /// Training-mode batch normalisation whose forward pass and gradients a backend may replace.
 ///
@@ -148,6 +148,25 @@ impl CpuLayout {
         match *self {
             CpuLayout::Planes(p) => batch_norm_cpu::forward_then(x, gamma, beta, epsilon, p, epilogue),
             CpuLayout::Rows(r) => batch_norm_rows::forward_then(x, gamma, beta, epsilon, r, epilogue),
+        }
+    }
+
+    /// [`CpuLayout::forward_then`] with batch statistics per group of `images_per_group`
+    /// consecutive images of the `batch`: see [`batch_norm_cpu::forward_grouped`].
+    pub(super) fn forward_grouped(
+        &self,
+        x: &[f32],
+        (gamma, beta, epsilon): (&[f32], &[f32], f64),
+        epilogue: Epilogue,
+        images_per_group: usize,
+        batch: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        match *self {
+            CpuLayout::Planes(p) => batch_norm_cpu::forward_grouped(x, gamma, beta, epsilon, p, images_per_group, epilogue),
+            CpuLayout::Rows(r) => {
+                let rows_per_image = r.rows / batch.max(1);
+                batch_norm_rows::forward_grouped(x, gamma, beta, epsilon, r, images_per_group * rows_per_image, epilogue)
+            }
         }
     }
 
@@ -280,11 +299,16 @@ pub fn batch_norm_batch_stats<const D: usize>(
 }
 
 /// A burn [`BatchNorm`] module's forward pass, with its training path (batch statistics,
-/// running-statistics update exactly as burn's) through [`BatchNormKernels`]. Inference and
+/// running-statistics update exactly as burn's) through [`BatchNormKernels`], or with
+/// statistics per group of images inside
+/// [`with_batch_norm_groups`](super::batch_norm_groups::with_batch_norm_groups). Inference and
 /// frozen layers take burn's module as they are.
 pub fn batch_norm_module<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     if !(x.device().is_autodiff() && bn.training.is_enabled()) {
         return bn.forward(x);
+    }
+    if let Some(images_per_group) = batch_norm_groups::images_per_group(x.dims()[0]) {
+        return batch_norm_groups::grouped_module_forward(bn, x, None, false, images_per_group);
     }
     let (output, mean, variance) = batch_norm_batch_stats(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
     update_running_statistics(bn, mean, variance);

@@ -136,12 +136,32 @@ pub struct Epilogue<'a> {
 
 /// [`forward`], then the `epilogue`: `output = relu?(bn(x) + residual?)`.
 pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, p: Planes, epilogue: Epilogue) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_grouped(x, gamma, beta, epsilon, p, p.batch, epilogue)
+}
+
+/// [`forward_then`] with batch statistics per group of `images_per_group` consecutive images
+/// (the last group may hold fewer): `(output, means, variances)`, the statistics `[G, C]`.
+/// Each group's output and statistics are exactly those of [`forward_then`] on that group alone.
+pub fn forward_grouped(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+    p: Planes,
+    images_per_group: usize,
+    epilogue: Epilogue,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert!(gamma.len() == p.channels && beta.len() == p.channels, "gamma and beta must be [C]");
+    assert_eq!(x.len(), p.batch * p.channels * p.plane, "x is not [N, C, S]");
     assert!(epilogue.residual.is_none_or(|r| r.len() == x.len()), "the residual must be shaped as x");
-    let (mean, variance) = statistics(x, p);
-    let (scale, shift) = scale_and_shift(gamma, beta, &mean, &variance, epsilon);
+    let images_per_group = images_per_group.clamp(1, p.batch.max(1));
+    let image_len = p.channels * p.plane;
+    let groups = GroupStatistics::new(x, images_per_group * image_len, gamma, beta, epsilon, |group| {
+        statistics(group, Planes { batch: group.len() / image_len.max(1), ..p })
+    });
     let output = map_planes(p, |n, c, out| {
-        let (xs, (a, b)) = (p.of(x, n, c), (scale[c], shift[c]));
+        let at = (n / images_per_group) * p.channels + c;
+        let (xs, (a, b)) = (p.of(x, n, c), (groups.scale[at], groups.shift[at]));
         // One loop per case, so each stays branch-free and vectorises.
         match (epilogue.residual.map(|r| p.of(r, n, c)), epilogue.relu) {
             (None, false) => out.iter_mut().zip(xs).for_each(|(o, &v)| _ = o.write(v * a + b)),
@@ -150,11 +170,48 @@ pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, p: Pla
             (Some(rs), true) => out.iter_mut().zip(xs).zip(rs).for_each(|((o, &v), &r)| _ = o.write(((v * a + b) + r).max(0.0))),
         }
     });
-    (output, mean, variance)
+    (output, groups.mean, groups.variance)
+}
+
+/// Batch statistics of each group of consecutive values, and the forward's coefficients
+/// from them; every field `[G, C]`.
+pub(super) struct GroupStatistics {
+    pub mean: Vec<f32>,
+    pub variance: Vec<f32>,
+    /// Per group and channel, so that the forward output is `scale·x + shift`.
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+impl GroupStatistics {
+    /// The statistics of each `group_len` consecutive values of `x` (the last group may be
+    /// shorter; an empty `x` is one empty group), as `statistics` computes them for one group.
+    pub(super) fn new(
+        x: &[f32],
+        group_len: usize,
+        gamma: &[f32],
+        beta: &[f32],
+        epsilon: f64,
+        statistics: impl Fn(&[f32]) -> (Vec<f32>, Vec<f32>),
+    ) -> Self {
+        let group_len = group_len.max(1);
+        let groups = x.len().div_ceil(group_len).max(1);
+        let mut all = GroupStatistics { mean: Vec::new(), variance: Vec::new(), scale: Vec::new(), shift: Vec::new() };
+        for g in 0..groups {
+            let group = &x[(g * group_len).min(x.len())..((g + 1) * group_len).min(x.len())];
+            let (mean, variance) = statistics(group);
+            let (scale, shift) = scale_and_shift(gamma, beta, &mean, &variance, epsilon);
+            all.mean.extend(mean);
+            all.variance.extend(variance);
+            all.scale.extend(scale);
+            all.shift.extend(shift);
+        }
+        all
+    }
 }
 
 /// `(scale, shift)` per channel, so that the forward output is `scale·x + shift`.
-pub(super) fn scale_and_shift(gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: f64) -> (Vec<f32>, Vec<f32>) {
+fn scale_and_shift(gamma: &[f32], beta: &[f32], mean: &[f32], variance: &[f32], epsilon: f64) -> (Vec<f32>, Vec<f32>) {
     let scale: Vec<f32> = (0..gamma.len()).map(|c| gamma[c] / (f64::from(variance[c]) + epsilon).sqrt() as f32).collect();
     let shift: Vec<f32> = (0..gamma.len()).map(|c| beta[c] - mean[c] * scale[c]).collect();
     (scale, shift)

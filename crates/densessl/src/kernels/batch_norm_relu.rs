@@ -23,6 +23,7 @@ use burn::tensor::Tensor;
 
 use super::batch_norm::{cpu_layout, tensor, update_running_statistics, values};
 use super::batch_norm_cpu::{Epilogue, Statistics};
+use super::batch_norm_groups;
 
 /// Training-mode batch norm followed by ReLU (and before it, a residual addition), whose
 /// forward pass and gradients a backend may replace.
@@ -289,6 +290,9 @@ pub fn batch_norm_relu_module<const D: usize>(bn: &BatchNorm, x: Tensor<D>, resi
             Some(r) => y + r,
             None => y,
         });
+    }
+    if let Some(images_per_group) = batch_norm_groups::images_per_group(x.dims()[0]) {
+        return batch_norm_groups::grouped_module_forward(bn, x, residual, true, images_per_group);
     }
     let (output, mean, variance) = batch_norm_relu_batch_stats(x, bn.gamma.val(), bn.beta.val(), residual, bn.epsilon);
     update_running_statistics(bn, mean, variance);

@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::batch_norm_cpu::{dx_coefficients, inverse_std, keep_where_positive, scale_and_shift, Epilogue, Statistics};
+use super::batch_norm_cpu::{dx_coefficients, inverse_std, keep_where_positive, Epilogue, GroupStatistics, Statistics};
 
 /// Sizes of an `[R, C]` activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,16 +96,37 @@ fn map_tasks(r: Rows, write: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> 
 /// [`batch_norm_cpu::forward_then`](super::batch_norm_cpu::forward_then) on channels-last
 /// values: `(relu?(bn(x) + residual?), mean, variance)`.
 pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, r: Rows, epilogue: Epilogue) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_grouped(x, gamma, beta, epsilon, r, r.rows, epilogue)
+}
+
+/// [`forward_then`] with batch statistics per group of `group_rows` consecutive rows (whole
+/// images; the last group may hold fewer rows): `(output, means, variances)`, the statistics
+/// `[G, C]`. Each group's output and statistics are exactly those of [`forward_then`] on that
+/// group alone.
+pub fn forward_grouped(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+    r: Rows,
+    group_rows: usize,
+    epilogue: Epilogue,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert!(gamma.len() == r.channels && beta.len() == r.channels, "gamma and beta must be [C]");
+    assert_eq!(x.len(), r.len(), "x is not [R, C]");
     assert!(epilogue.residual.is_none_or(|res| res.len() == x.len()), "the residual must be shaped as x");
-    let (mean, variance) = statistics(x, r);
     let c = r.channels;
-    let (scale, shift) = scale_and_shift(gamma, beta, &mean, &variance, epsilon);
+    let group_rows = group_rows.clamp(1, r.rows.max(1));
+    let groups = GroupStatistics::new(x, group_rows * c, gamma, beta, epsilon, |group| {
+        statistics(group, Rows { rows: group.len() / c, channels: c })
+    });
     let output = map_tasks(r, |task, out| {
         let xs = task_rows(x, r, task);
+        let first_row = task * r.task_len() / c;
         let residual = epilogue.residual.map(|res| task_rows(res, r, task));
         for (row, (o, xr)) in out.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
-            let ab = scale.iter().zip(&shift);
+            let at = (first_row + row) / group_rows * c;
+            let ab = groups.scale[at..at + c].iter().zip(&groups.shift[at..at + c]);
             // One loop per case, so each stays branch-free and vectorises.
             match (residual.map(|res| &res[row * c..][..c]), epilogue.relu) {
                 (None, false) => o.iter_mut().zip(xr).zip(ab).for_each(|((o, &v), (a, b))| _ = o.write(v * a + b)),
@@ -119,7 +140,7 @@ pub fn forward_then(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, r: Row
             }
         }
     });
-    (output, mean, variance)
+    (output, groups.mean, groups.variance)
 }
 
 /// [`batch_norm_cpu`](super::batch_norm_cpu)'s backward pass on channels-last values:

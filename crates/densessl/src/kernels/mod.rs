@@ -18,6 +18,7 @@
 
 pub mod batch_norm;
 pub mod batch_norm_cpu;
+pub mod batch_norm_groups;
 pub mod batch_norm_relu;
 pub mod batch_norm_rows;
 pub mod conv_cpu;

@@ -8,6 +8,9 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::batch_norm::batch_norm_module;
+use crate::kernels::batch_norm_relu::batch_norm_relu_module;
+
 /// MoCo v2's MLP projector: Linear → ReLU → Linear (no BN), as in facebookresearch/moco.
 #[derive(Config, Debug)]
 pub struct MlpProjectorConfig {
@@ -93,14 +96,14 @@ impl Mlp {
         for (i, linear) in self.linears.iter().enumerate() {
             x = linear.forward(x);
             if i + 1 < n {
-                if let Some(norm) = self.norms.get(i) {
-                    x = norm.forward(x);
-                }
-                x = relu(x);
+                x = match self.norms.get(i) {
+                    Some(norm) => batch_norm_relu_module(norm, x, None),
+                    None => relu(x),
+                };
             }
         }
         match &self.last_norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => batch_norm_module(norm, x),
             None => x,
         }
     }
@@ -145,10 +148,10 @@ impl ConvMlp {
         for (i, conv) in self.convs.iter().enumerate() {
             x = conv.forward(x);
             if i + 1 < n {
-                if let Some(norm) = self.norms.get(i) {
-                    x = norm.forward(x);
-                }
-                x = relu(x);
+                x = match self.norms.get(i) {
+                    Some(norm) => batch_norm_relu_module(norm, x, None),
+                    None => relu(x),
+                };
             }
         }
         x

@@ -5,8 +5,8 @@
 //! `builder.py`: side effects (momentum update, enqueue) in small named helpers.
 //!
 //! Shuffle-BN has no meaning on one device; its split-batch substitute is used instead: the
-//! key batch is permuted and forwarded in `key_bn_groups` chunks, so a key's BN statistics
-//! come from a different set of images than its query's (see [`Moco::keys`]).
+//! key batch is permuted and its BN statistics taken per each of `key_bn_groups` chunks, so a
+//! key's BN statistics come from a different set of images than its query's (see [`Moco::keys`]).
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};

@@ -8,6 +8,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
+use crate::kernels::batch_norm_groups::with_batch_norm_groups;
 use crate::kernels::momentum_blend::momentum_blend;
 use rand_chacha::ChaCha8Rng;
 
@@ -82,7 +83,7 @@ pub fn momentum_update<M: Module>(key: M, online: &M, momentum: f64) -> M {
 /// The manifest note of methods that use [`split_batch_forward`].
 pub fn split_batch_note(groups: usize) -> serde_json::Value {
     serde_json::json!({
-        "shuffle_bn": format!("split-batch substitute: key batch permuted and forwarded in {groups} chunks, outputs un-permuted")
+        "shuffle_bn": format!("split-batch substitute: key batch permuted, BN statistics per each of {groups} chunks (one forward pass), outputs un-permuted")
     })
 }
 
@@ -127,9 +128,14 @@ impl<A: KeyBatch, B: KeyBatch, C: KeyBatch> KeyBatch for (A, B, C) {
 }
 
 /// Shuffle-BN's single-device substitute for a key branch: the batch is permuted, forwarded
-/// in `groups` chunks (so a key's BN statistics come from other images than its query's), and
-/// the outputs are put back in input order. Works for any outputs with the batch first (global
-/// or dense keys, or several at once). The result carries no gradient.
+/// with BN statistics per chunk of `⌈B / groups⌉` images (so a key's BN statistics come from
+/// other images than its query's), and the outputs are put back in input order. Works for any
+/// outputs with the batch first (global or dense keys, or several at once). The result
+/// carries no gradient.
+///
+/// The chunks share one forward pass ([`with_batch_norm_groups`]): `forward`'s batch norms
+/// must go through this crate's module functions, its other layers must treat images
+/// independently. The result is then that of forwarding each chunk on its own.
 ///
 /// # Shapes
 /// `[B, 3, H, W]` → `[B, …]`
@@ -144,7 +150,13 @@ pub fn split_batch_forward<T: KeyBatch>(
     if groups <= 1 {
         return forward(x).detach_all();
     }
-    let device = x.device();
+    let (shuffled, inverse) = shuffle(x, rng);
+    with_batch_norm_groups(b.div_ceil(groups), || forward(shuffled)).select_rows(inverse).detach_all()
+}
+
+/// `x` with its batch in a random order, and the index that puts it back.
+fn shuffle(x: Tensor<4>, rng: &mut ChaCha8Rng) -> (Tensor<4>, Tensor<1, Int>) {
+    let (b, device) = (x.dims()[0], x.device());
     let mut perm: Vec<i64> = (0..b as i64).collect();
     perm.shuffle(rng);
     let mut inverse = vec![0i64; b];
@@ -152,11 +164,7 @@ pub fn split_batch_forward<T: KeyBatch>(
         inverse[p as usize] = i as i64;
     }
     let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [b]), &device);
-    let shuffled = x.select(0, index(perm));
-    let chunk = b.div_ceil(groups);
-    let parts: Vec<T> =
-        (0..b).step_by(chunk).map(|start| forward(shuffled.clone().slice([start..(start + chunk).min(b)]))).collect();
-    T::cat_rows(parts).select_rows(index(inverse)).detach_all()
+    (x.select(0, index(perm)), index(inverse))
 }
 
 #[cfg(test)]
