@@ -91,6 +91,29 @@ fn resnet_shapes_match_burn() {
     }
 }
 
+/// 3×3 stride-1 convolutions with at least 16 channels each way and outputs of 4×4 or more
+/// take Winograd's F(2×2, 3×3) forward product (so does their data gradient): odd output
+/// sides (tiles cut by the border), paddings 0 to 2, channel counts off multiples of 16, and
+/// tile rows of several tasks, in both memory orders.
+#[test]
+fn winograd_shapes_match_burn() {
+    let cases = [
+        geometry(3, 16, 24, [7, 5], 3, 1, 1, 1),
+        geometry(2, 24, 16, [9, 9], 3, 1, 0, 1),
+        geometry(2, 40, 17, [5, 6], 3, 1, 2, 1),
+        geometry(8, 32, 32, [24, 24], 3, 1, 1, 1),
+    ];
+    for g in cases {
+        for channels_last in [false, true] {
+            let [forward, dx, dw] = compare_laid_out(&g, channels_last);
+            assert!(
+                forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
+                "{g:?}, channels-last {channels_last}: forward {forward:.1e}, input gradient {dx:.1e}, weight gradient {dw:.1e}"
+            );
+        }
+    }
+}
+
 /// Channels-last inputs and output gradients (the memory order in which the kernels hand
 /// activations on) give burn's results: 1×1 (im2col is the input itself), 3×3 with stride 1
 /// and 2, the stem.
@@ -219,6 +242,23 @@ proptest! {
     ) {
         let g = geometry(batch, cin, cout, [h, w], k, stride, pad, dil);
         prop_assume!(h + 2 * pad > dil * (k - 1) && w + 2 * pad > dil * (k - 1));
+        let [forward, dx, dw] = compare(&g);
+        prop_assert!(forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
+            "{:?}: forward {:.1e}, input gradient {:.1e}, weight gradient {:.1e}", g, forward, dx, dw);
+    }
+
+    /// Random geometries where Winograd's product applies (see `winograd_shapes_match_burn`).
+    #[test]
+    fn random_winograd_geometries_match_burn(
+        batch in 1usize..4,
+        cin in 16usize..40,
+        cout in 16usize..40,
+        h in 4usize..14,
+        w in 4usize..14,
+        pad in 0usize..3,
+    ) {
+        let g = geometry(batch, cin, cout, [h, w], 3, 1, pad, 1);
+        prop_assume!(g.output()[0] >= 4 && g.output()[1] >= 4);
         let [forward, dx, dw] = compare(&g);
         prop_assert!(forward < TOLERANCE && dx < TOLERANCE && dw < TOLERANCE,
             "{:?}: forward {:.1e}, input gradient {:.1e}, weight gradient {:.1e}", g, forward, dx, dw);

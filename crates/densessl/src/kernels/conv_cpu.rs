@@ -33,6 +33,7 @@ use super::conv_weights::{flatten_kernel, KernelColumns};
 use super::gemm::{gemm_f32_into, rows_per_task, sum_partials_in_order, with_scratch, Parallelism, SharedDestination};
 use super::pointwise;
 use super::transpose::transpose_each_image;
+use super::winograd;
 
 /// Fewest im2col rows a forward task multiplies (gemm's f32 kernels take 64 rows at a time on
 /// AVX-512 and 24–48 elsewhere).
@@ -179,6 +180,9 @@ pub fn conv2d_forward_channels_last(x_nhwc: &[f32], weight: &[f32], g: &ConvGeom
 
 /// The forward product from an NHWC input and a kernel in column form; the output is NHWC.
 fn forward_nhwc(x_nhwc: &[f32], kernel: &KernelColumns, g: &ConvGeometry) -> Vec<f32> {
+    if winograd::applies(g) && !winograd_disabled() {
+        return winograd::forward_nhwc(x_nhwc, kernel, g);
+    }
     let (k, cout, positions) = (g.row_len(), g.cout, g.positions());
     let len = positions * cout;
     let mut y = Vec::with_capacity(len);
@@ -213,6 +217,12 @@ fn forward_nhwc(x_nhwc: &[f32], kernel: &KernelColumns, g: &ConvGeometry) -> Vec
     // SAFETY: the products wrote all `positions × Cout` slots (the tasks' blocks tile them).
     unsafe { y.set_len(len) };
     y
+}
+
+/// Whether `DENSESSL_WINOGRAD=off` asked for im2col products everywhere (A/B measurements).
+fn winograd_disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("DENSESSL_WINOGRAD").is_ok_and(|v| v == "off"))
 }
 
 /// Whether the kernel (`K × Cout`) is the larger operand, by more than the rows (`P × K`)

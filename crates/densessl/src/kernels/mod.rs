@@ -29,6 +29,7 @@ pub mod max_pool;
 pub mod momentum_blend;
 pub mod pointwise;
 pub mod transpose;
+mod winograd;
 
 use std::sync::OnceLock;
 
