@@ -7,7 +7,8 @@
 //! the input is turned into rows of im2col (`[B·Ho·Wo, k·k·Cin]`, read from an NHWC copy
 //! so each tap is one contiguous run of channels), split into tasks of about 1 MB of rows,
 //! and each task builds its rows and multiplies them on one thread (see [`super::gemm`]):
-//! - forward: `Y[P, Cout] = col[P, K] · Wᵀ[K, Cout]`;
+//! - forward: `Y[P, Cout] = col[P, K] · Wᵀ[K, Cout]`, or for 3×3 stride-1 kernels on maps of
+//!   4×4 or more, Winograd's F(2×2, 3×3) (`winograd.rs`), 2.25× fewer multiplications;
 //! - weight gradient: `dW[Cout, K] = Σ_tasks Gᵀ[Cout, rows] · col[rows, K]`, one partial per
 //!   task, summed in task order (so the result does not depend on which thread ran which task);
 //! - data gradient (stride 1): the forward pass of the output gradient with the kernel

@@ -1,7 +1,8 @@
 //! Faster operations plugged into burn through its backend-extension mechanism (issue 9):
 //! convolutions here, training-mode batch norm in [`batch_norm`], batch norm fused with the
-//! ReLU (and residual addition) after it in [`batch_norm_relu`], and max pooling in
-//! [`max_pool`]. On burn-flex they hand activations on channels-last ([`layout`]), so the
+//! ReLU (and residual addition) after it in [`batch_norm_relu`], batch norm with statistics
+//! per group of images (the key encoders' split-batch BN) in [`batch_norm_groups`], and max
+//! pooling in [`max_pool`]. On burn-flex they hand activations on channels-last ([`layout`]), so the
 //! next kernel reads them without a transpose.
 //!
 //! [`ConvKernels`] is a backend extension: a bias-free 2-D convolution whose forward pass and
