@@ -55,7 +55,7 @@ pub trait BatchNormKernels: Backend {
 }
 
 /// burn's own training-mode batch norm, as `(output, mean, variance)`.
-fn burn_batch_stats<B: Backend>(
+pub(super) fn burn_batch_stats<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,

@@ -23,7 +23,8 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::nn::BatchNorm;
 use burn::tensor::{Slice, Tensor};
 
-use super::batch_norm::{cpu_layout, tensor, update_running_statistics, values};
+use super::batch_norm::{burn_batch_stats, cpu_layout, tensor, update_running_statistics, values};
+use super::batch_norm_relu::burn_relu_batch_stats;
 use super::batch_norm_cpu::Epilogue;
 
 /// Training-mode batch norm with statistics per group of consecutive images, then
@@ -59,7 +60,8 @@ pub trait GroupBatchNormKernels: Backend {
     }
 }
 
-/// burn's own operations, one group after the other: `(output, means, variances)`.
+/// burn's own operations, one group after the other: `(output, means, variances)`. A
+/// residual always comes with the ReLU (the trait's two methods).
 fn group_by_group<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
@@ -76,17 +78,17 @@ fn group_by_group<B: Backend>(
     for start in (0..batch).step_by(size) {
         let mut slices = vec![Slice::from(..); rank];
         slices[0] = Slice::new(start as isize, Some((start + size).min(batch) as isize), 1);
-        let group = B::batch_norm_train(B::float_slice(x.clone(), &slices), gamma.clone(), beta.clone(), epsilon);
-        let mut output = match &residual {
-            Some(residual) => B::float_add(group.output, B::float_slice(residual.clone(), &slices)),
-            None => group.output,
+        let group = B::float_slice(x.clone(), &slices);
+        let (output, mean, variance) = match (&residual, relu) {
+            (None, false) => burn_batch_stats::<B>(group, gamma.clone(), beta.clone(), epsilon),
+            (residual, _) => {
+                let residual = residual.as_ref().map(|r| B::float_slice(r.clone(), &slices));
+                burn_relu_batch_stats::<B>(group, gamma.clone(), beta.clone(), residual, epsilon)
+            }
         };
-        if relu {
-            output = B::relu(output);
-        }
         outputs.push(output);
-        means.push(B::float_reshape(group.mean, Shape::new([1, channels])));
-        variances.push(B::float_reshape(group.variance, Shape::new([1, channels])));
+        means.push(B::float_reshape(mean, Shape::new([1, channels])));
+        variances.push(B::float_reshape(variance, Shape::new([1, channels])));
     }
     (B::float_cat(outputs, 0), B::float_cat(means, 0), B::float_cat(variances, 0))
 }

@@ -74,7 +74,7 @@ pub trait BatchNormReluKernels: Backend {
 }
 
 /// burn's own `relu(bn(x) [+ residual])`, as `(output, mean, variance)`.
-fn burn_relu_batch_stats<B: Backend>(
+pub(super) fn burn_relu_batch_stats<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,
