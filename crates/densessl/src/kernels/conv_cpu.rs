@@ -292,6 +292,9 @@ fn grad_to_nhwc(grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
 fn weight_gradient_nhwc(x_nhwc: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [h, w] = g.input;
     assert_eq!(x_nhwc.len(), g.batch * g.cin * h * w, "conv2d: input length does not match its geometry");
+    if winograd::applies(g) && !winograd_disabled() {
+        return winograd::weight_gradient_nhwc(x_nhwc, grad_nhwc, g);
+    }
     let (k, cout, positions) = (g.row_len(), g.cout, g.positions());
     let size = cout * k;
     if kernel_outweighs_rows(g) {

@@ -20,7 +20,8 @@ use rayon::prelude::*;
 
 use super::conv_cpu::ConvGeometry;
 use super::conv_weights::KernelColumns;
-use super::gemm::{gemm_f32_into, rows_per_task, with_scratch, Parallelism};
+use super::gemm::{gemm_f32_into, rows_per_task, sum_partials_in_order, with_scratch, Parallelism};
+use super::transpose::transpose_each_image;
 
 /// Elements of a transformed tile (4×4).
 const XI: usize = 16;
@@ -28,13 +29,14 @@ const XI: usize = 16;
 /// Floats past the end of each row of the transformed kernel (see [`KernelColumns`]).
 const ROW_PADDING: usize = 16;
 
-/// Whether a convolution of geometry `g` runs here: a 3×3 kernel, stride and dilation 1,
+/// Whether a convolution of geometry `g` runs here: a batch, a 3×3 kernel, stride and dilation 1,
 /// padding at most 2 (the stride-1 data gradient's is `2 − p`), enough channels for the
 /// products to run at speed, and outputs of at least 4×4 (smaller ones waste most of each
 /// tile: ResNet's layer4 at 96 px has 3×3).
 pub(super) fn applies(g: &ConvGeometry) -> bool {
     let [ho, wo] = g.output();
-    g.kernel == [3, 3]
+    g.batch > 0
+        && g.kernel == [3, 3]
         && g.stride == [1, 1]
         && g.dilation == [1, 1]
         && g.padding[0] <= 2
@@ -356,4 +358,163 @@ fn transform_outputs_body(
             }
         }
     }
+}
+
+/// Fewest tiles a weight-gradient task reduces over: each task writes a whole partial of 16
+/// matrices `[Cin, Cout]` (4 MB in ResNet's layer 3), which fewer tiles would not pay for.
+const MIN_WEIGHT_GRADIENT_TILES: usize = 256;
+
+/// The weight gradient of a 3×3 stride-1 convolution ([`applies`]) from the NHWC input and
+/// output gradient: `[Cout, Cin, 3, 3]`.
+///
+/// The forward pass is `Y = Aᵀ [Σ_c (G g Gᵀ) ⊙ (Bᵀ d B)] A` per tile, so
+/// `∂L/∂g = Gᵀ [Σ_tiles (Bᵀ d B) ⊙ (A ∂Y Aᵀ)] G`: per tile element ξ a product
+/// `dU[ξ][Cin, Cout] = V[ξ]ᵀ · dM[ξ]` over the tiles, 2.25× fewer operations than im2col's.
+/// Each task's tiles give one partial; the partials are summed in task order.
+pub(super) fn weight_gradient_nhwc(x_nhwc: &[f32], grad_nhwc: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (cin, cout) = (g.cin, g.cout);
+    let tiling = Tiling::new(g);
+    let tile_rows = g.batch * tiling.tiles_y;
+    let min_rows = MIN_WEIGHT_GRADIENT_TILES.div_ceil(tiling.tiles_x);
+    let per_task = rows_per_task(tile_rows, tiling.tiles_x * XI * (cin + cout), min_rows).max(1);
+    let tasks = tile_rows.div_ceil(per_task).max(1);
+    let size = XI * cin * cout;
+    let mut partials: Vec<f32> = Vec::with_capacity(tasks * size);
+    partials.spare_capacity_mut()[..tasks * size].par_chunks_mut(size.max(1)).enumerate().for_each(|(task, partial)| {
+        let rows = (task * per_task).min(tile_rows)..((task + 1) * per_task).min(tile_rows);
+        let tiles = rows.len() * tiling.tiles_x;
+        with_scratch(XI * tiles * (cin + cout) + XI * cin.max(cout), |scratch| {
+            let (v, rest) = scratch.split_at_mut(XI * tiles * cin);
+            let (dm, half) = rest.split_at_mut(XI * tiles * cout);
+            let v = transform_inputs(x_nhwc, g, &tiling, rows.clone(), v, half);
+            let dm = transform_output_gradients(grad_nhwc, g, &tiling, rows, dm, half);
+            for xi in 0..XI {
+                // dU[ξ][Cin, Cout] = V[ξ]ᵀ[Cin, tiles] · dM[ξ][tiles, Cout]
+                let dst = &mut partial[xi * cin * cout..][..cin * cout];
+                let strides = ([cout as isize, 1], [1, (XI * cin) as isize], [(XI * cout) as isize, 1]);
+                gemm_f32_into(Parallelism::None, [cin, cout, tiles], dst, strides.0, &v[xi * cin..], strides.1, &dm[xi * cout..], strides.2);
+            }
+        });
+    });
+    // SAFETY: the tasks' blocks tile all `tasks × size` slots, and each task (at least one
+    // tile row: the batch is not empty, see `applies`) wrote its block in its 16 products.
+    unsafe { partials.set_len(tasks * size) };
+    let du = sum_partials_in_order(&partials, size);
+    // dW[o][c][ky][kx] = Σ_ij G[i][ky] G[j][kx] dU[4i + j][c][o], built as [(c, tap), Cout]
+    // and turned to [Cout, (c, tap)] at the end.
+    let mut by_channel = vec![0.0f32; cin * 9 * cout];
+    by_channel.par_chunks_mut(9 * cout).enumerate().for_each_init(|| vec![0.0f32; 12 * cout], |e, (c, out)| {
+        let du = |i: usize, j: usize| &du[((i * 4 + j) * cin + c) * cout..][..cout];
+        // Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]] along i: e[ky][j]…
+        for j in 0..4 {
+            let (a, b, c2, d) = (du(0, j), du(1, j), du(2, j), du(3, j));
+            for o in 0..cout {
+                e[j * cout + o] = a[o] + 0.5 * (b[o] + c2[o]);
+                e[(4 + j) * cout + o] = 0.5 * (b[o] - c2[o]);
+                e[(8 + j) * cout + o] = 0.5 * (b[o] + c2[o]) + d[o];
+            }
+        }
+        // …then along j, into tap (ky, kx).
+        for ky in 0..3 {
+            let row = |j: usize| &e[(ky * 4 + j) * cout..][..cout];
+            let (a, b, c2, d) = (row(0), row(1), row(2), row(3));
+            for o in 0..cout {
+                out[(ky * 3) * cout + o] = a[o] + 0.5 * (b[o] + c2[o]);
+                out[(ky * 3 + 1) * cout + o] = 0.5 * (b[o] - c2[o]);
+                out[(ky * 3 + 2) * cout + o] = 0.5 * (b[o] + c2[o]) + d[o];
+            }
+        }
+    });
+    transpose_each_image(&by_channel, cin * 9, cout)
+}
+
+/// `A`'s rows on `n` channels: `(a, a + b, a − b, −b)`, written to `out`.
+#[inline(always)]
+fn gradient_rows(out: &mut [MaybeUninit<f32>], [a, b]: [&[f32]; 2]) {
+    let n = a.len();
+    let [o0, o1, o2, o3] = four_rows(&mut out[..4 * n]);
+    let b = &b[..n];
+    for k in 0..n {
+        o0[k].write(a[k]);
+        o1[k].write(a[k] + b[k]);
+        o2[k].write(a[k] - b[k]);
+        o3[k].write(-b[k]);
+    }
+}
+
+/// `dM[tile] = A ∂Y Aᵀ` for the output-gradient tiles of `tile_rows` into `dm`
+/// (`[tiles, 16, Cout]`; outputs past the image's edge count as 0), with `half` (8·Cout
+/// floats) for `A ∂Y`.
+fn transform_output_gradients<'a>(
+    grad_nhwc: &[f32],
+    g: &ConvGeometry,
+    tiling: &Tiling,
+    tile_rows: std::ops::Range<usize>,
+    dm: &'a mut [MaybeUninit<f32>],
+    half: &mut [MaybeUninit<f32>],
+) -> &'a [f32] {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { transform_output_gradients_avx2(grad_nhwc, g, tiling, tile_rows, dm, half) };
+    }
+    transform_output_gradients_body(grad_nhwc, g, tiling, tile_rows, dm, half)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn transform_output_gradients_avx2<'a>(
+    grad_nhwc: &[f32],
+    g: &ConvGeometry,
+    tiling: &Tiling,
+    tile_rows: std::ops::Range<usize>,
+    dm: &'a mut [MaybeUninit<f32>],
+    half: &mut [MaybeUninit<f32>],
+) -> &'a [f32] {
+    transform_output_gradients_body(grad_nhwc, g, tiling, tile_rows, dm, half)
+}
+
+#[inline(always)]
+fn transform_output_gradients_body<'a>(
+    grad_nhwc: &[f32],
+    g: &ConvGeometry,
+    tiling: &Tiling,
+    tile_rows: std::ops::Range<usize>,
+    dm: &'a mut [MaybeUninit<f32>],
+    half: &mut [MaybeUninit<f32>],
+) -> &'a [f32] {
+    let cout = g.cout;
+    let (ho, wo) = (tiling.ho, tiling.wo);
+    let zeros = vec![0.0f32; cout];
+    let len = tile_rows.len() * tiling.tiles_x * XI * cout;
+    let mut tiles = dm[..len].chunks_exact_mut(XI * cout);
+    let half = &mut half[..8 * cout];
+    for tile_row in tile_rows {
+        let (b, ty) = (tile_row / tiling.tiles_y, tile_row % tiling.tiles_y);
+        let image = &grad_nhwc[b * ho * wo * cout..][..ho * wo * cout];
+        for tx in 0..tiling.tiles_x {
+            let dy = |dy: usize, dx: usize| -> &[f32] {
+                let (oy, ox) = (2 * ty + dy, 2 * tx + dx);
+                if oy >= ho || ox >= wo {
+                    &zeros
+                } else {
+                    &image[(oy * wo + ox) * cout..][..cout]
+                }
+            };
+            // A ∂Y: for each column dx, its four rows, stored as `half[dx][i]`.
+            for (dx, out) in half.chunks_exact_mut(4 * cout).enumerate() {
+                gradient_rows(out, [dy(0, dx), dy(1, dx)]);
+            }
+            // SAFETY: all 8 rows of `half` were written just above.
+            let r = unsafe { std::slice::from_raw_parts(half.as_ptr().cast::<f32>(), 8 * cout) };
+            let r = |i: usize, dx: usize| &r[(dx * 4 + i) * cout..][..cout];
+            // (A ∂Y) Aᵀ: the same along each row i, into dM[4i + j] at this tile.
+            let tile = tiles.next().expect("one chunk per tile");
+            for (i, out) in tile.chunks_exact_mut(4 * cout).enumerate() {
+                gradient_rows(out, [r(i, 0), r(i, 1)]);
+            }
+        }
+    }
+    // SAFETY: every tile wrote its 16 rows of Cout floats, which tile `dm[..len]`.
+    unsafe { std::slice::from_raw_parts(dm.as_ptr().cast::<f32>(), len) }
 }
