@@ -91,8 +91,6 @@ pub fn split_batch_note(groups: usize) -> serde_json::Value {
 pub trait KeyBatch: Sized {
     /// Rows `index` of the batch axis.
     fn select_rows(self, index: Tensor<1, Int>) -> Self;
-    /// Concatenation along the batch axis.
-    fn cat_rows(parts: Vec<Self>) -> Self;
     /// Without gradient.
     fn detach_all(self) -> Self;
 }
@@ -100,9 +98,6 @@ pub trait KeyBatch: Sized {
 impl<const D: usize> KeyBatch for Tensor<D> {
     fn select_rows(self, index: Tensor<1, Int>) -> Self {
         self.select(0, index)
-    }
-    fn cat_rows(parts: Vec<Self>) -> Self {
-        Tensor::cat(parts, 0)
     }
     fn detach_all(self) -> Self {
         self.detach()
@@ -112,15 +107,6 @@ impl<const D: usize> KeyBatch for Tensor<D> {
 impl<A: KeyBatch, B: KeyBatch, C: KeyBatch> KeyBatch for (A, B, C) {
     fn select_rows(self, index: Tensor<1, Int>) -> Self {
         (self.0.select_rows(index.clone()), self.1.select_rows(index.clone()), self.2.select_rows(index))
-    }
-    fn cat_rows(parts: Vec<Self>) -> Self {
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-        for (x, y, z) in parts {
-            a.push(x);
-            b.push(y);
-            c.push(z);
-        }
-        (A::cat_rows(a), B::cat_rows(b), C::cat_rows(c))
     }
     fn detach_all(self) -> Self {
         (self.0.detach_all(), self.1.detach_all(), self.2.detach_all())
