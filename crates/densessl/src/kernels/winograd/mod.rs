@@ -67,8 +67,8 @@ impl TransformedKernel {
         let stride = cout + ROW_PADDING;
         let tap = |t: usize, c: usize| &kernel.values[(t * cin + c) * kernel.stride..][..cout];
         let mut values = vec![0.0f32; XI * cin * stride];
-        // G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]: row i of G applied along ky gives
-        // h[i][kx], then along kx gives U[4i + j]. One task per i: its four matrices.
+        // Row i of G applied along ky gives h[i][kx], then along kx gives U[4i + j]. One task
+        // per i: its four matrices.
         values.par_chunks_mut(4 * cin * stride).enumerate().for_each(|(i, out)| {
             let mut h = vec![0.0f32; 3 * cout];
             for c in 0..cin {
@@ -76,24 +76,14 @@ impl TransformedKernel {
                     let column = [tap(kx, c), tap(3 + kx, c), tap(6 + kx, c)];
                     let hk = &mut h[kx * cout..][..cout];
                     for (o, ((&a, &b), &d)) in hk.iter_mut().zip(column[0].iter().zip(column[1]).zip(column[2])) {
-                        *o = match i {
-                            0 => a,
-                            1 => 0.5 * (a + b + d),
-                            2 => 0.5 * (a - b + d),
-                            _ => d,
-                        };
+                        *o = g_row(i, a, b, d);
                     }
                 }
                 let (h0, h1, h2) = (&h[..cout], &h[cout..2 * cout], &h[2 * cout..]);
                 for j in 0..4 {
                     let row = &mut out[(j * cin + c) * stride..][..cout];
                     for (o, ((&a, &b), &d)) in row.iter_mut().zip(h0.iter().zip(h1).zip(h2)) {
-                        *o = match j {
-                            0 => a,
-                            1 => 0.5 * (a + b + d),
-                            2 => 0.5 * (a - b + d),
-                            _ => d,
-                        };
+                        *o = g_row(j, a, b, d);
                     }
                 }
             }
@@ -104,6 +94,28 @@ impl TransformedKernel {
     /// `U[ξ]`, `[Cin, Cout]` with rows [`TransformedKernel::stride`] apart.
     fn matrix(&self, xi: usize) -> &[f32] {
         &self.values[xi * self.cin * self.stride..]
+    }
+}
+
+/// Row `i` of `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]` applied to `(a, b, d)`.
+#[inline(always)]
+fn g_row(i: usize, a: f32, b: f32, d: f32) -> f32 {
+    match i {
+        0 => a,
+        1 => 0.5 * (a + b + d),
+        2 => 0.5 * (a - b + d),
+        _ => d,
+    }
+}
+
+/// The three rows of `Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]` applied to
+/// `(a, b, c, d)` on `n` values each, written to `out[first + r·step..][..n]` for row `r`.
+#[inline(always)]
+fn g_transposed_rows(out: &mut [f32], first: usize, step: usize, [a, b, c, d]: [&[f32]; 4]) {
+    for k in 0..a.len() {
+        out[first + k] = a[k] + 0.5 * (b[k] + c[k]);
+        out[first + step + k] = 0.5 * (b[k] - c[k]);
+        out[first + 2 * step + k] = 0.5 * (b[k] + c[k]) + d[k];
     }
 }
 
@@ -220,24 +232,14 @@ pub(super) fn weight_gradient_nhwc(x_nhwc: &[f32], grad_nhwc: &[f32], g: &ConvGe
     let mut by_channel = vec![0.0f32; cin * 9 * cout];
     by_channel.par_chunks_mut(9 * cout).enumerate().for_each_init(|| vec![0.0f32; 12 * cout], |e, (c, out)| {
         let du = |i: usize, j: usize| &du[((i * 4 + j) * cin + c) * cout..][..cout];
-        // Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]] along i: e[ky][j]…
+        // Gᵀ along i: e[ky][j]…
         for j in 0..4 {
-            let (a, b, c2, d) = (du(0, j), du(1, j), du(2, j), du(3, j));
-            for o in 0..cout {
-                e[j * cout + o] = a[o] + 0.5 * (b[o] + c2[o]);
-                e[(4 + j) * cout + o] = 0.5 * (b[o] - c2[o]);
-                e[(8 + j) * cout + o] = 0.5 * (b[o] + c2[o]) + d[o];
-            }
+            g_transposed_rows(e, j * cout, 4 * cout, [du(0, j), du(1, j), du(2, j), du(3, j)]);
         }
         // …then along j, into tap (ky, kx).
         for ky in 0..3 {
             let row = |j: usize| &e[(ky * 4 + j) * cout..][..cout];
-            let (a, b, c2, d) = (row(0), row(1), row(2), row(3));
-            for o in 0..cout {
-                out[(ky * 3) * cout + o] = a[o] + 0.5 * (b[o] + c2[o]);
-                out[(ky * 3 + 1) * cout + o] = 0.5 * (b[o] - c2[o]);
-                out[(ky * 3 + 2) * cout + o] = 0.5 * (b[o] + c2[o]) + d[o];
-            }
+            g_transposed_rows(out, ky * 3 * cout, cout, [row(0), row(1), row(2), row(3)]);
         }
     });
     transpose_each_image(&by_channel, cin * 9, cout)
