@@ -24,6 +24,7 @@ use burn::tensor::Tensor;
 use super::batch_norm::{cpu_layout, tensor, update_running_statistics, values};
 use super::batch_norm_cpu::{Epilogue, Statistics};
 use super::batch_norm_groups;
+use super::gradient_sum::{register_input_gradient, GradientSumKernels};
 
 /// Training-mode batch norm followed by ReLU (and before it, a residual addition), whose
 /// forward pass and gradients a backend may replace.
@@ -202,15 +203,21 @@ fn fused_backward<B: Backend + BatchNormReluKernels>(
 #[derive(Debug)]
 struct FusedBatchNormRelu<const N: usize>;
 
-impl<B: Backend + BatchNormReluKernels, const N: usize> Backward<B, N> for FusedBatchNormRelu<N> {
+impl<B: Backend + BatchNormReluKernels + GradientSumKernels, const N: usize> Backward<B, N> for FusedBatchNormRelu<N> {
     type State = FusedState<B>;
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         // [dx, dgamma, dbeta, residual gradient], the last only with a fourth parent.
         let gradients = fused_backward::<B>(ops.state, grad, checkpointer, N == 4);
-        for (node, gradient) in ops.parents.into_iter().zip(gradients) {
-            if let Some(node) = node {
+        for (index, (node, gradient)) in ops.parents.into_iter().zip(gradients).enumerate() {
+            let Some(node) = node else { continue };
+            if index == 3 {
+                // The residual (a block's input) also feeds the block's first convolution:
+                // summed in `gradient_sum`. See the convolution's node for the comparison.
+                let intermediate = node.requirement == ops.node.requirement;
+                register_input_gradient::<B>(grads, node.id, intermediate, gradient, |grads| grads.consume::<B>(&node));
+            } else {
                 grads.register::<B>(node.id, gradient);
             }
         }
@@ -219,7 +226,7 @@ impl<B: Backend + BatchNormReluKernels, const N: usize> Backward<B, N> for Fused
 
 /// Records a [`FusedBatchNormRelu`] node over `inputs` (x, gamma, beta and maybe the residual)
 /// and runs `compute` on their primitives: `(output, mean, variance)`.
-fn record_fused<B: Backend + BatchNormReluKernels, C: CheckpointStrategy, const N: usize>(
+fn record_fused<B: Backend + BatchNormReluKernels + GradientSumKernels, C: CheckpointStrategy, const N: usize>(
     inputs: [FloatTensor<Autodiff<B, C>>; N],
     epsilon: f64,
     compute: impl FnOnce([FloatTensor<B>; N]) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>),
@@ -240,7 +247,7 @@ fn record_fused<B: Backend + BatchNormReluKernels, C: CheckpointStrategy, const 
     }
 }
 
-impl<B: Backend + BatchNormReluKernels, C: CheckpointStrategy> BatchNormReluKernels for Autodiff<B, C> {
+impl<B: Backend + BatchNormReluKernels + GradientSumKernels, C: CheckpointStrategy> BatchNormReluKernels for Autodiff<B, C> {
     fn batch_norm_relu_batch_stats(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

@@ -34,6 +34,13 @@ pub fn is_channels_last(tensor: &FlexTensor) -> bool {
     tensor.shape().num_dims() == 4 && !covers_buffer(tensor) && covers_buffer(&tensor.permute(&TO_CHANNELS_LAST))
 }
 
+/// Whether `a` and `b` (of one shape) each fill their whole buffer in the same memory order,
+/// NCHW or channels-last, so that their buffers match element by element.
+pub fn same_dense_order(a: &FlexTensor, b: &FlexTensor) -> bool {
+    a.layout().strides() == b.layout().strides()
+        && ((covers_buffer(a) && covers_buffer(b)) || (is_channels_last(a) && is_channels_last(b)))
+}
+
 /// Whether `tensor` is contiguous from offset 0 over all of its buffer (so its storage is
 /// exactly its values, in order).
 fn covers_buffer(tensor: &FlexTensor) -> bool {

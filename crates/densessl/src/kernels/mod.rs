@@ -25,6 +25,7 @@ pub mod batch_norm_rows;
 pub mod conv_cpu;
 mod conv_weights;
 pub mod gemm;
+pub mod gradient_sum;
 pub mod layout;
 pub mod max_pool;
 pub mod momentum_blend;
@@ -49,6 +50,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use conv_cpu::ConvGeometry;
+use gradient_sum::{register_input_gradient, GradientSumKernels};
 
 /// A bias-free 2-D convolution whose forward pass and gradients a backend may replace.
 ///
@@ -260,12 +262,12 @@ impl ConvKernels for Flex {
     }
 }
 
-impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
+impl<B: Backend + ConvKernels + GradientSumKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
     fn conv2d_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Conv2dNoBias;
 
-        impl<B: Backend + ConvKernels> Backward<B, 2> for Conv2dNoBias {
+        impl<B: Backend + ConvKernels + GradientSumKernels> Backward<B, 2> for Conv2dNoBias {
             type State = (NodeId, NodeId, ConvOptions<2>);
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -274,15 +276,26 @@ impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B
                 let (x_state, weight_state, options) = ops.state;
                 let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
                 let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
-                match (node_x, node_weight) {
-                    (Some(node_x), Some(node_weight)) => {
+                let dx = match (&node_x, node_weight) {
+                    (Some(_), Some(node_weight)) => {
                         let (dx, dw) = B::conv2d_gradients(x, weight, grad, options);
-                        grads.register::<B>(node_x.id, dx);
                         grads.register::<B>(node_weight.id, dw);
+                        Some(dx)
                     }
-                    (Some(node), None) => grads.register::<B>(node.id, B::conv2d_x_gradient(x, weight, grad, options)),
-                    (None, Some(node)) => grads.register::<B>(node.id, B::conv2d_weight_gradient(x, weight, grad, options)),
-                    (None, None) => {}
+                    (Some(_), None) => Some(B::conv2d_x_gradient(x, weight, grad, options)),
+                    (None, Some(node)) => {
+                        grads.register::<B>(node.id, B::conv2d_weight_gradient(x, weight, grad, options));
+                        None
+                    }
+                    (None, None) => None,
+                };
+                if let (Some(node_x), Some(dx)) = (node_x, dx) {
+                    // The input's gradient may be its second (a block's input also feeds the
+                    // residual or the shortcut): summed in `gradient_sum`. A tracked
+                    // operation's own node always has an activation's requirement, so the
+                    // comparison tells an activation from a leaf.
+                    let intermediate = node_x.requirement == ops.node.requirement;
+                    register_input_gradient::<B>(grads, node_x.id, intermediate, dx, |grads| grads.consume::<B>(&node_x));
                 }
             }
         }
