@@ -3,7 +3,8 @@
 //! ReLU (and residual addition) after it in [`batch_norm_relu`], batch norm with statistics
 //! per group of images (the key encoders' split-batch BN) in [`batch_norm_groups`], and max
 //! pooling in [`max_pool`]. On burn-flex they hand activations on channels-last ([`layout`]), so the
-//! next kernel reads them without a transpose.
+//! next kernel reads them without a transpose, and where two of their backward steps produce
+//! gradients of one activation, [`gradient_sum`] adds them in that layout.
 //!
 //! [`ConvKernels`] is a backend extension: a bias-free 2-D convolution whose forward pass and
 //! both gradients a backend may replace. On burn-flex (the CPU backend) the ResNet encoder's
