@@ -22,6 +22,7 @@ CATEGORIES = [
     ("conv: weight gradient, densessl kernel", r"weight_gradient"),
     ("conv: forward, densessl kernel", r"conv2d_forward|forward_nhwc|pointwise::(forward|per_image)"),
     ("conv: burn's (conv3d / conv_transpose3d)", r"conv_transpose|conv3d|burn_flex::ops::conv"),
+    ("gradient sums at a block's input", r"gradient_sum|Gradients::register"),
     ("batch norm (+ ReLU, residual)", r"batch_norm|BatchNorm"),
     ("max-pool", r"max_pool"),
     ("other pooling", r"pool"),
@@ -29,7 +30,8 @@ CATEGORIES = [
     ("momentum update of a key encoder", r"momentum_update"),
     ("resize (bilinear up-sampling)", r"interpolat|resize_bilinear"),
     ("losses (InfoNCE, softmax, cross-entropy)", r"pretext::losses|softmax|cross_entropy"),
-    ("layout copies (permute, slice, cat)", r"copy_2d_tiled|permute|contiguous|slice|::cat"),
+    # Not a bare `slice`: `core::slice` iterators are in every element-wise loop.
+    ("layout copies (permute, slice, cat)", r"copy_2d_tiled|permute|contiguous|ops::slice|slice_assign|::cat"),
     ("matmul outside conv (linear, logits)", r"gemm|matmul"),
     ("element-wise and reductions", r"zip_|binary_op|scalar_op|unary_op|reduce|sum|mean|macerator|relu|mask"),
     ("allocation, page faults", r"malloc|memset|free|page|memcpy|mmap|kmem|munmap"),
