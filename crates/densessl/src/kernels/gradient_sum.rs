@@ -65,7 +65,7 @@ impl GradientSumKernels for Flex {
 }
 
 /// `into[i] += from[i]`, in parallel chunks.
-pub fn add_in_place(into: &mut [f32], from: &[f32]) {
+fn add_in_place(into: &mut [f32], from: &[f32]) {
     assert_eq!(into.len(), from.len(), "gradient sum: the two buffers differ in size");
     into.par_chunks_mut(CHUNK).zip(from.par_chunks(CHUNK)).for_each(|(into, from)| {
         into.iter_mut().zip(from).for_each(|(a, &b)| *a += b);
