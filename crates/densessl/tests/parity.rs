@@ -72,6 +72,26 @@ fn info_nce_matches_torch_cross_entropy() {
     assert!((got - expected).abs() < TOLERANCE, "{got} vs {expected}");
 }
 
+/// InfoNCE against a queue of 3,000 rows (more than one chunk of the CPU kernel in
+/// `kernels::product_logsumexp`): the loss and its gradient with respect to the queries.
+#[test]
+fn info_nce_against_a_queue_and_its_query_gradient_match_pytorch() {
+    let f = Fixture::named("ssl_losses.safetensors");
+    let device = Device::flex().autodiff();
+    for tau in [0.2, 0.07] {
+        let q: Tensor<2> = f.tensor::<2>("moco_q", &device).require_grad();
+        let (loss, _) = info_nce(q.clone(), f.tensor("moco_k", &device), f.tensor("moco_queue", &device), tau);
+        let grads = loss.clone().backward();
+        let (got, expected) = (loss.into_scalar::<f32>(), f.get(&format!("moco_loss_tau{tau}")).0[0]);
+        assert!((got - expected).abs() < TOLERANCE * expected.abs().max(1.0), "τ {tau}: loss {got} vs {expected}");
+        let grad: Vec<f32> = q.grad(&grads).expect("queries have a gradient").into_data().try_to_vec().unwrap();
+        let expected = f.get(&format!("moco_q_grad_tau{tau}")).0;
+        assert_eq!(grad.len(), expected.len());
+        let worst = grad.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < TOLERANCE, "τ {tau}: query gradient max abs error {worst} ≥ {TOLERANCE}");
+    }
+}
+
 #[test]
 fn masked_cross_entropy_matches_torch_ignore_index() {
     let f = Fixture::load();

@@ -1,9 +1,10 @@
 //! Faster operations plugged into burn through its backend-extension mechanism (issue 9):
 //! convolutions here, training-mode batch norm in [`batch_norm`], batch norm fused with the
 //! ReLU (and residual addition) after it in [`batch_norm_relu`], batch norm with statistics
-//! per group of images (the key encoders' split-batch BN) in [`batch_norm_groups`], and max
-//! pooling in [`max_pool`]. On burn-flex they hand activations on channels-last ([`layout`]), so the
-//! next kernel reads them without a transpose, and where two of their backward steps produce
+//! per group of images (the key encoders' split-batch BN) in [`batch_norm_groups`], max
+//! pooling in [`max_pool`], and InfoNCE's log-sum-exp against a queue in
+//! [`product_logsumexp`]. On burn-flex they hand activations on channels-last ([`layout`]),
+//! so the next kernel reads them without a transpose, and where two of their backward steps produce
 //! gradients of one activation, [`gradient_sum`] adds them in that layout.
 //!
 //! [`ConvKernels`] is a backend extension: a bias-free 2-D convolution whose forward pass and
@@ -31,7 +32,9 @@ pub mod layout;
 pub mod max_pool;
 pub mod momentum_blend;
 pub mod pointwise;
+pub mod product_logsumexp;
 pub mod transpose;
+mod vector;
 mod winograd;
 
 use std::sync::OnceLock;

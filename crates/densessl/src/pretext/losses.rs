@@ -3,6 +3,8 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::kernels::product_logsumexp::product_logsumexp;
+
 /// Rows scaled to unit L2 norm.
 ///
 /// # Shapes
@@ -17,22 +19,22 @@ pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
 /// Returns the mean loss and the top-1 accuracy (the positive scores at least as high as
 /// every negative, as an argmax over `[positive, negatives]` that prefers the first).
 ///
-/// The loss is `logsumexp([p, n₁ … n_K]) − p` per query, computed without concatenating the
-/// positive and the `K` negatives (a queue holds 65,536) and with `1/τ` applied to the
-/// queries instead of to the logits: fewer passes over the `N × K` logits, forward and
-/// backward, than cross-entropy over `[positive, negatives] / τ`.
+/// The loss is `logsumexp([p, n₁ … n_K]) − p` per query. The negatives' part,
+/// `log Σₖ exp(nₖ)` over the `K` queue rows (65,536 in MoCo), comes from
+/// [`product_logsumexp`], which never writes the `N × K` logits out on the CPU; it is then
+/// combined with the positive as `log(eᵖ + e^lse)`. `1/τ` is applied to the queries rather
+/// than to the logits.
 ///
 /// # Shapes
 /// queries `[N, D]`, keys `[N, D]`, queue `[K, D]` → loss `[1]`
 pub fn info_nce(queries: Tensor<2>, keys: Tensor<2>, queue: Tensor<2>, temperature: f64) -> (Tensor<1>, f64) {
     let [n, _] = queries.dims();
     let scaled = queries / temperature;
-    let positive = (scaled.clone() * keys).sum_dim(1); // [N, 1]
-    let negative = scaled.matmul(queue.transpose()); // [N, K]
-    let negative_max = negative.clone().detach().max_dim(1); // [N, 1]
+    let positive = (scaled.clone() * keys).sum_dim(1).reshape([n]);
+    let (negatives, negative_max) = product_logsumexp(scaled, queue);
     // A constant shift keeps the exponentials finite; it carries no gradient (it cancels).
-    let shift = positive.clone().detach().max_pair(negative_max.clone());
-    let sum = (positive.clone() - shift.clone()).exp() + (negative - shift.clone()).exp().sum_dim(1);
+    let shift = positive.clone().detach().max_pair(negatives.clone().detach());
+    let sum = (positive.clone() - shift.clone()).exp() + (negatives - shift.clone()).exp();
     let loss = (sum.log() + shift - positive.clone()).mean();
     let hits = positive.detach().greater_equal(negative_max).int().sum().into_scalar::<i64>();
     (loss, hits as f64 / n as f64)

@@ -7,23 +7,8 @@
 use std::mem::MaybeUninit;
 
 use super::super::conv_cpu::ConvGeometry;
+use super::super::vector::with_avx2;
 use super::{Tiling, XI};
-
-/// Runs `f` compiled for AVX2 where the CPU has it: the crate's baseline is SSE2, and the
-/// transforms' channel loops, inlined into `f`, vectorise 8 lanes wide instead of 4.
-#[inline(always)]
-fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn run<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the CPU has AVX2 (checked above).
-        return unsafe { run(f) };
-    }
-    f()
-}
 
 /// `len` floats of `slots` as four consecutive rows of `len / 4`.
 #[inline(always)]
