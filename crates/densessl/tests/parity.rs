@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use densessl::models::resize::resize_bilinear;
-use densessl::pretext::losses::{info_nce, mean_cosine, nt_xent};
+use densessl::pretext::losses::{info_nce, info_nce_among, mean_cosine, nt_xent};
 use densessl::seg::loss::masked_cross_entropy;
 use safetensors::SafeTensors;
 
@@ -90,6 +90,27 @@ fn info_nce_against_a_queue_and_its_query_gradient_match_pytorch() {
         let worst = grad.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < TOLERANCE, "τ {tau}: query gradient max abs error {worst} ≥ {TOLERANCE}");
     }
+}
+
+/// PLMoCo's InfoNCE among 36 candidates and a queue of 3,000 rows: the loss, its gradient
+/// with respect to the queries and the top-1 accuracy (half the queries are found).
+#[test]
+fn info_nce_among_candidates_matches_pytorch() {
+    let f = Fixture::named("ssl_losses.safetensors");
+    let device = Device::flex().autodiff();
+    let q: Tensor<2> = f.tensor::<2>("among_q", &device).require_grad();
+    let positive: Vec<i64> = f.get("among_positive").0.iter().map(|&v| v as i64).collect();
+    let positive = Tensor::<1, Int>::from_data(TensorData::new(positive, [30]), &device);
+    let (loss, accuracy) =
+        info_nce_among(q.clone(), f.tensor("among_candidates", &device), positive, f.tensor("moco_queue", &device), 0.2);
+    let grads = loss.clone().backward();
+    let (got, expected) = (loss.into_scalar::<f32>(), f.get("among_loss").0[0]);
+    assert!((got - expected).abs() < TOLERANCE * expected.abs().max(1.0), "loss {got} vs {expected}");
+    assert_eq!(accuracy, f.get("among_accuracy").0[0] as f64);
+    let grad: Vec<f32> = q.grad(&grads).expect("queries have a gradient").into_data().try_to_vec().unwrap();
+    let expected = f.get("among_q_grad").0;
+    let worst = grad.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < TOLERANCE, "query gradient max abs error {worst} ≥ {TOLERANCE}");
 }
 
 #[test]

@@ -46,6 +46,11 @@ pub fn info_nce(queries: Tensor<2>, keys: Tensor<2>, queue: Tensor<2>, temperatu
 /// L2-normalised; candidates and queue carry no gradient. Returns the mean loss and the
 /// top-1 accuracy of finding the positive.
 ///
+/// The loss is `logsumexp([c₁ … c_M, n₁ … n_K]) − c_positive` per query, the log-sum-exp
+/// combined from [`product_logsumexp`] over the candidates and over the queue, so the
+/// `N × K` queue logits are never written out on the CPU (the `N × M` candidate scores
+/// are, without gradient, for the accuracy).
+///
 /// # Shapes
 /// queries `[N, D]`, candidates `[M, D]`, positive `[N]` (values < M), queue `[K, D]` → `[1]`
 pub fn info_nce_among(
@@ -56,12 +61,19 @@ pub fn info_nce_among(
     temperature: f64,
 ) -> (Tensor<1>, f64) {
     let [n, _] = queries.dims();
-    let logits = Tensor::cat(vec![queries.clone().matmul(candidates.transpose()), queries.matmul(queue.transpose())], 1)
-        / temperature;
-    let target = positive.reshape([n, 1]);
-    let loss = -log_softmax(logits.clone(), 1).gather(1, target.clone()).mean();
-    let hits = logits.detach().argmax(1).equal(target).int().sum().into_scalar::<i64>();
-    (loss, hits as f64 / n as f64)
+    let scaled = queries / temperature;
+    // The accuracy as an argmax over `[candidates, queue]` that prefers the first: the
+    // target must be the first best candidate and at least as high as every queue row.
+    let (best, best_index) = scaled.clone().detach().matmul(candidates.clone().detach().transpose()).max_dim_with_indices(1);
+    let target = (scaled.clone() * candidates.clone().select(0, positive.clone())).sum_dim(1).reshape([n]);
+    let (among, _) = product_logsumexp(scaled.clone(), candidates);
+    let (negatives, negative_max) = product_logsumexp(scaled, queue);
+    // log(e^a + e^b) with a constant shift, which carries no gradient (it cancels).
+    let shift = among.clone().detach().max_pair(negatives.clone().detach());
+    let lse = ((among - shift.clone()).exp() + (negatives - shift.clone()).exp()).log() + shift;
+    let loss = (lse - target).mean();
+    let found = best_index.reshape([n]).equal(positive).int() * best.reshape([n]).greater_equal(negative_max).int();
+    (loss, found.sum().into_scalar::<i64>() as f64 / n as f64)
 }
 
 /// SimCLR's NT-Xent (Chen et al. 2020): for 2N embeddings, each one's positive is its other
