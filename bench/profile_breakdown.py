@@ -29,7 +29,7 @@ CATEGORIES = [
     ("optimiser (burn's SGD)", r"burn_optim"),
     ("momentum update of a key encoder", r"momentum_update"),
     ("resize (bilinear up-sampling)", r"interpolat|resize_bilinear"),
-    ("losses (InfoNCE, softmax, cross-entropy)", r"pretext::losses|softmax|cross_entropy"),
+    ("losses (InfoNCE, softmax, cross-entropy)", r"pretext::losses|product_logsumexp|softmax|cross_entropy"),
     # Not a bare `slice`: `core::slice` iterators are in every element-wise loop.
     ("layout copies (permute, slice, cat)", r"copy_2d_tiled|permute|contiguous|ops::slice|slice_assign|::cat"),
     ("matmul outside conv (linear, logits)", r"gemm|matmul"),
