@@ -29,7 +29,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Shape, TensorMetadata};
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
@@ -75,8 +74,7 @@ pub trait ProductLogSumExpKernels: Backend {
         lse: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let weights = Self::product_logsumexp_weights(queries, rows.clone(), lse, output_grad);
-        Self::float_matmul(weights, rows)
+        query_gradient_from_weights::<Self>(queries, rows, lse, output_grad)
     }
 }
 
@@ -108,6 +106,17 @@ fn burn_logsumexp<B: Backend>(queries: FloatTensor<B>, rows: FloatTensor<B>) -> 
 fn burn_weights<B: Backend>(queries: FloatTensor<B>, rows: FloatTensor<B>, lse: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
     let shifted = B::float_sub(burn_products::<B>(queries, rows), column::<B>(lse));
     B::float_mul(B::float_exp(shifted), column::<B>(output_grad))
+}
+
+/// The queries' gradient as the backend's weights times the rows, `W · R`.
+fn query_gradient_from_weights<B: ProductLogSumExpKernels>(
+    queries: FloatTensor<B>,
+    rows: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let weights = B::product_logsumexp_weights(queries, rows.clone(), lse, output_grad);
+    B::float_matmul(weights, rows)
 }
 
 /// Whether `DENSESSL_LOSS_KERNELS=burn` asked for burn's composition.
@@ -296,8 +305,7 @@ impl ProductLogSumExpKernels for Flex {
         let per_query = |t: &FlexTensor, n| t.dtype() == DType::F32 && t.shape().to_vec() == [n];
         let covered = Products::of(&queries, &rows).filter(|p| per_query(&lse, p.queries) && per_query(&output_grad, p.queries));
         let Some(p) = covered else {
-            let weights = Self::product_logsumexp_weights(queries, rows.clone(), lse, output_grad);
-            return Self::float_matmul(weights, rows);
+            return query_gradient_from_weights::<Self>(queries, rows, lse, output_grad);
         };
         let (q, r, lse, grad) = (queries.to_contiguous(), rows.to_contiguous(), lse.to_contiguous(), output_grad.to_contiguous());
         tensor(query_gradient(q.storage(), r.storage(), lse.storage(), grad.storage(), p), vec![p.queries, p.depth])
