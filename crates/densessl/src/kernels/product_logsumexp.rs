@@ -33,7 +33,7 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Shape,
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::gemm::{gemm_f32_add, gemm_f32_into, with_scratch, Parallelism};
+use super::gemm::{gemm_f32_add, gemm_f32_into, sum_partials_in_order, with_scratch, Parallelism};
 use super::vector::{exp, with_avx2};
 
 /// Most queries per task.
@@ -244,40 +244,35 @@ pub fn query_gradient(q: &[f32], r: &[f32], lse: &[f32], grad: &[f32], p: Produc
     let (block, chunk) = p.tiling();
     let (blocks, chunks) = (n.div_ceil(block), k.div_ceil(chunk));
     let groups = GROUPS.min(chunks);
-    let partials: Vec<Vec<f32>> = (0..blocks * groups)
-        .into_par_iter()
-        .map(|task| {
-            let (b, group) = (task / groups, task % groups);
-            let (first, len) = (b * block, block.min(n - b * block));
-            let mut partial = vec![0.0f32; len * d];
-            for c in group * chunks / groups..(group + 1) * chunks / groups {
-                let rows = (c * chunk, chunk.min(k - c * chunk));
-                with_scratch(len * rows.1, |scratch| {
-                    let weights = products_into(q, r, p, (first, len), rows, scratch);
-                    with_avx2(#[inline(always)] || {
-                        for (i, row) in weights.chunks_exact_mut(rows.1).enumerate() {
-                            let (shift, g) = (lse[first + i], grad[first + i]);
-                            for w in row.iter_mut() {
-                                *w = g * exp(*w - shift);
-                            }
+    // One partial per (block, group), each sized for a whole block (the last block may use
+    // fewer rows), so that each block's partials lie consecutive for `sum_partials_in_order`.
+    let size = block * d;
+    let mut partials = vec![0.0f32; blocks * groups * size];
+    partials.par_chunks_mut(size).enumerate().for_each(|(task, partial)| {
+        let (b, group) = (task / groups, task % groups);
+        let (first, len) = (b * block, block.min(n - b * block));
+        for c in group * chunks / groups..(group + 1) * chunks / groups {
+            let rows = (c * chunk, chunk.min(k - c * chunk));
+            with_scratch(len * rows.1, |scratch| {
+                let weights = products_into(q, r, p, (first, len), rows, scratch);
+                with_avx2(#[inline(always)] || {
+                    for (i, row) in weights.chunks_exact_mut(rows.1).enumerate() {
+                        let (shift, g) = (lse[first + i], grad[first + i]);
+                        for w in row.iter_mut() {
+                            *w = g * exp(*w - shift);
                         }
-                    });
-                    // partial[len, D] += weights[len, chunk] · r[chunk, D]
-                    let r = &r[rows.0 * d..(rows.0 + rows.1) * d];
-                    gemm_f32_add(Parallelism::None, [len, d, rows.1], &mut partial, [d as isize, 1], weights, [rows.1 as isize, 1], r, [d as isize, 1]);
+                    }
                 });
-            }
-            partial
-        })
-        .collect();
-    let mut out = Vec::with_capacity(n * d);
-    for b in 0..blocks {
-        let parts = &partials[b * groups..][..groups];
-        let mut sum = parts[0].clone();
-        for part in &parts[1..] {
-            sum.iter_mut().zip(part).for_each(|(s, v)| *s += v);
+                // partial[len, D] += weights[len, chunk] · r[chunk, D]
+                let r = &r[rows.0 * d..(rows.0 + rows.1) * d];
+                gemm_f32_add(Parallelism::None, [len, d, rows.1], &mut partial[..len * d], [d as isize, 1], weights, [rows.1 as isize, 1], r, [d as isize, 1]);
+            });
         }
-        out.extend_from_slice(&sum);
+    });
+    let mut out = Vec::with_capacity(n * d);
+    for (b, block_partials) in partials.chunks_exact(groups * size).enumerate() {
+        let len = block.min(n - b * block);
+        out.extend_from_slice(&sum_partials_in_order(block_partials, size)[..len * d]);
     }
     out
 }

@@ -14,6 +14,13 @@ pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
     x / norm
 }
 
+/// `log(eᵃ + eᵇ)` element by element. A constant shift, the larger of the two, keeps the
+/// exponentials finite; it carries no gradient (it cancels).
+fn log_add_exp(a: Tensor<1>, b: Tensor<1>) -> Tensor<1> {
+    let shift = a.clone().detach().max_pair(b.clone().detach());
+    ((a - shift.clone()).exp() + (b - shift.clone()).exp()).log() + shift
+}
+
 /// MoCo's InfoNCE (Oord et al. 2018; He et al. 2020): each query's positive is its key,
 /// its negatives the queue. Inputs are L2-normalised; `keys` and `queue` carry no gradient.
 /// Returns the mean loss and the top-1 accuracy (the positive scores at least as high as
@@ -32,10 +39,7 @@ pub fn info_nce(queries: Tensor<2>, keys: Tensor<2>, queue: Tensor<2>, temperatu
     let scaled = queries / temperature;
     let positive = (scaled.clone() * keys).sum_dim(1).reshape([n]);
     let (negatives, negative_max) = product_logsumexp(scaled, queue);
-    // A constant shift keeps the exponentials finite; it carries no gradient (it cancels).
-    let shift = positive.clone().detach().max_pair(negatives.clone().detach());
-    let sum = (positive.clone() - shift.clone()).exp() + (negatives - shift.clone()).exp();
-    let loss = (sum.log() + shift - positive.clone()).mean();
+    let loss = (log_add_exp(positive.clone(), negatives) - positive.clone()).mean();
     let hits = positive.detach().greater_equal(negative_max).int().sum().into_scalar::<i64>();
     (loss, hits as f64 / n as f64)
 }
@@ -68,10 +72,7 @@ pub fn info_nce_among(
     let target = (scaled.clone() * candidates.clone().select(0, positive.clone())).sum_dim(1).reshape([n]);
     let (among, _) = product_logsumexp(scaled.clone(), candidates);
     let (negatives, negative_max) = product_logsumexp(scaled, queue);
-    // log(e^a + e^b) with a constant shift, which carries no gradient (it cancels).
-    let shift = among.clone().detach().max_pair(negatives.clone().detach());
-    let lse = ((among - shift.clone()).exp() + (negatives - shift.clone()).exp()).log() + shift;
-    let loss = (lse - target).mean();
+    let loss = (log_add_exp(among, negatives) - target).mean();
     let found = best_index.reshape([n]).equal(positive).int() * best.reshape([n]).greater_equal(negative_max).int();
     (loss, found.sum().into_scalar::<i64>() as f64 / n as f64)
 }
