@@ -9,8 +9,10 @@ use crate::Error;
 pub enum DeviceSpec {
     /// burn's pure-Rust `flex` CPU backend (always compiled in).
     Cpu,
-    /// burn's wgpu backend pinned to Vulkan (SPIR-V); `N` = discrete GPU index.
-    Vulkan(usize),
+    /// burn's wgpu backend pinned to Vulkan (SPIR-V): `vulkan` = the best adapter wgpu finds
+    /// (a discrete GPU first; `CUBECL_WGPU_DEFAULT_DEVICE` overrides), `vulkan:N` = the `N`-th
+    /// discrete GPU.
+    Vulkan(Option<usize>),
     /// burn's CUDA backend; `N` = device index.
     Cuda(usize),
 }
@@ -25,14 +27,14 @@ impl DeviceSpec {
                         "device '{text}': the index after ':' must be a non-negative integer"
                     ))
                 })?;
-                (name, index)
+                (name, Some(index))
             }
-            None => (text, 0),
+            None => (text, None),
         };
         match name {
             "cpu" | "flex" => Ok(Self::Cpu),
             "vulkan" => Ok(Self::Vulkan(index)),
-            "cuda" => Ok(Self::Cuda(index)),
+            "cuda" => Ok(Self::Cuda(index.unwrap_or(0))),
             other => Err(Error::Device(format!(
                 "unknown device '{other}': use cpu, vulkan[:N] or cuda[:N]"
             ))),
@@ -49,7 +51,12 @@ impl DeviceSpec {
         match self {
             Self::Cpu => Ok(Device::flex()),
             #[cfg(feature = "vulkan")]
-            Self::Vulkan(index) => Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(*index))),
+            Self::Vulkan(index) => Ok(Device::vulkan(match index {
+                Some(index) => burn::tensor::DeviceKind::DiscreteGpu(*index),
+                // Not `DiscreteGpu(0)`: a machine with only an integrated GPU (or a software
+                // Vulkan driver such as lavapipe) has no discrete GPU 0.
+                None => burn::tensor::DeviceKind::DefaultDevice,
+            })),
             #[cfg(not(feature = "vulkan"))]
             Self::Vulkan(_) => Err(Error::Device(
                 "device 'vulkan' is not compiled in: rebuild with `cargo build --release --features vulkan`"
@@ -71,7 +78,8 @@ impl std::fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Cpu => write!(f, "cpu"),
-            Self::Vulkan(i) => write!(f, "vulkan:{i}"),
+            Self::Vulkan(None) => write!(f, "vulkan"),
+            Self::Vulkan(Some(i)) => write!(f, "vulkan:{i}"),
             Self::Cuda(i) => write!(f, "cuda:{i}"),
         }
     }
@@ -84,7 +92,10 @@ mod tests {
     #[test]
     fn parses_names_and_indices() {
         assert_eq!(DeviceSpec::parse("cpu").unwrap(), DeviceSpec::Cpu);
-        assert_eq!(DeviceSpec::parse("vulkan").unwrap(), DeviceSpec::Vulkan(0));
+        assert_eq!(DeviceSpec::parse("vulkan").unwrap(), DeviceSpec::Vulkan(None));
+        assert_eq!(DeviceSpec::parse("vulkan:1").unwrap(), DeviceSpec::Vulkan(Some(1)));
+        assert_eq!(DeviceSpec::parse("vulkan").unwrap().to_string(), "vulkan");
+        assert_eq!(DeviceSpec::parse("vulkan:1").unwrap().to_string(), "vulkan:1");
         assert_eq!(DeviceSpec::parse("cuda:3").unwrap(), DeviceSpec::Cuda(3));
         assert!(DeviceSpec::parse("tpu").is_err());
         assert!(DeviceSpec::parse("cuda:x").is_err());
