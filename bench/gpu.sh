@@ -32,8 +32,13 @@ if [ -n "${DENSESSL:-}" ]; then
   BIN=$DENSESSL
 elif [ -f "$PACKED" ]; then
   BIN=$(mktemp -d)/densessl
-  xz -d -c "$PACKED" > "$BIN" && chmod +x "$BIN"
+  if command -v xz >/dev/null; then xz -d -c "$PACKED" > "$BIN"; else
+    $PYTHON -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$PACKED" "$BIN"
+  fi
+  chmod +x "$BIN"
   echo "binary: $PACKED (built at $(cat target/gpu/commit 2>/dev/null || echo '?'))"
+  # Built against glibc 2.35+ symbols (Debian 12 here); an older system cannot load it.
+  "$BIN" --version >/dev/null 2>&1 || { echo "the packed binary does not start here: $("$BIN" --version 2>&1 | head -2)"; exit 1; }
 else
   cargo build --release -p densessl-cli --features densessl-cli/vulkan 2>&1 | tail -2
   BIN=target/release/densessl
