@@ -13,9 +13,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PACKED=target/gpu/densessl-vulkan.xz
+build() { cargo build --release -p densessl-cli --features densessl-cli/vulkan "$@"; }
 if [ "${1:-}" = "--prepare" ]; then
   set -e
-  cargo build --release -p densessl-cli --features densessl-cli/vulkan
+  build
   mkdir -p target/gpu
   strip -o target/gpu/densessl-vulkan target/release/densessl
   xz -T0 -6 -c target/gpu/densessl-vulkan > "$PACKED.partial" && mv "$PACKED.partial" "$PACKED"
@@ -40,7 +41,7 @@ elif [ -f "$PACKED" ]; then
   # Built against glibc 2.35+ symbols (Debian 12 here); an older system cannot load it.
   "$BIN" --version >/dev/null 2>&1 || { echo "the packed binary does not start here: $("$BIN" --version 2>&1 | head -2)"; exit 1; }
 else
-  cargo build --release -p densessl-cli --features densessl-cli/vulkan 2>&1 | tail -2
+  build 2>&1 | tail -2
   BIN=target/release/densessl
 fi
 # wgpu's Vulkan loader setup wants a runtime dir; containers often lack one.
@@ -52,7 +53,8 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
   "$BIN" --version 2>&1
 } | tee "$OUT/machine.txt"
 # Most important first, so a budget that runs out still leaves an answer.
-for step in "--arch resnet18 --batch 32 --size 96" "--arch resnet18 --batch 32 --size 96 --method moco-v2" "--arch resnet50 --batch 32 --size 96"; do
+STEPS=("--arch resnet18 --batch 32 --size 96" "--arch resnet18 --batch 32 --size 96 --method moco-v2" "--arch resnet50 --batch 32 --size 96")
+for step in "${STEPS[@]}"; do
   echo "== $step" | tee -a "$OUT/bench.txt"
   for run in $(seq "$RUNS"); do
     line=$(timeout "$STEP_TIMEOUT" "$BIN" bench train-step $step --device vulkan --json 2>"$OUT/stderr.txt" | tail -1)
@@ -60,7 +62,7 @@ for step in "--arch resnet18 --batch 32 --size 96" "--arch resnet18 --batch 32 -
     echo "densessl vulkan: ${line:-no result (exit $rc; 139 = crashed): $(tail -c 400 "$OUT/stderr.txt" | tr '\n' ' ')}" | tee -a "$OUT/bench.txt"
     echo "pytorch cuda:    $(timeout "$STEP_TIMEOUT" $PYTHON bench/pytorch_train_step.py $step --device cuda 2>&1 | tail -1)" | tee -a "$OUT/bench.txt"
     # A device that does not come up will not come up on the next try either.
-    [ -z "$line" ] && [ "$run" = 1 ] && [ "$step" = "--arch resnet18 --batch 32 --size 96" ] && { echo "vulkan failed; stopping"; exit 1; }
+    [ -z "$line" ] && [ "$run" = 1 ] && [ "$step" = "${STEPS[0]}" ] && { echo "vulkan failed; stopping"; exit 1; }
   done
 done
 echo "== pre-training (procedural scenes, 50 steps) on vulkan" | tee -a "$OUT/bench.txt"
