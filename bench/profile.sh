@@ -5,12 +5,13 @@
 # BatchNorm, pooling, layout copies, the data loader, ... Prints one table.
 #   bench/profile.sh bench train-step --arch resnet18 --batch 32 --size 96 --steps 3 --warmup 1
 #   bench/profile.sh finetune --config my-finetune.toml --out /tmp/profiled-run
-# Env: FREQ (samples/s per thread, default 199), DENSESSL (target/release/densessl).
+# Env: FREQ (samples/s per thread, default 199), DENSESSL (target/profiling/densessl: the
+# release code with line tables, built here with `cargo build --profile profiling`).
 # Needs `perf` (linux-tools) and permission to use it (root, or perf_event_paranoid <= 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DENSESSL=${DENSESSL:-target/release/densessl}
-[ -x "$DENSESSL" ] || cargo build --release -p densessl-cli
+DENSESSL=${DENSESSL:-target/profiling/densessl}
+[ -x "$DENSESSL" ] || cargo build --profile profiling -p densessl-cli
 command -v perf >/dev/null || { echo "bench/profile.sh: perf not found (apt-get install linux-tools-generic)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
