@@ -32,6 +32,7 @@ pub mod layout;
 pub mod max_pool;
 pub mod momentum_blend;
 pub mod pointwise;
+pub mod pixel_cross_entropy;
 pub mod product_logsumexp;
 pub mod transpose;
 mod vector;

@@ -1,20 +1,20 @@
 //! Pixel-wise cross-entropy with an ignore label (burn's has none).
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-/// Mean cross-entropy over pixels whose label is not `ignore`.
+use crate::kernels::pixel_cross_entropy::pixel_cross_entropy;
+
+/// Mean cross-entropy over pixels whose label is not `ignore`, through the CPU kernel of
+/// [`pixel_cross_entropy`] (burn's operations on other backends).
 ///
 /// # Shapes
 /// logits `[B, K, H, W]`, labels `[B, H, W]` → `[1]`
 pub fn masked_cross_entropy(logits: Tensor<4>, labels: Tensor<3, Int>, ignore: i64) -> Tensor<1> {
-    let [b, _, h, w] = logits.dims();
     let valid = labels.clone().not_equal_elem(ignore); // [B, H, W]
-    let safe = labels.mask_fill(valid.clone().bool_not(), 0).reshape([b, 1, h, w]);
-    let picked = log_softmax(logits, 1).gather(1, safe).reshape([b, h, w]); // log p(label)
-    let weight = valid.float();
-    let count = weight.clone().sum().clamp_min(1.0);
-    -(picked * weight).sum() / count
+    // The kernel's targets: the class, or −1 to ignore the pixel.
+    let targets = labels.mask_fill(valid.clone().bool_not(), -1).float();
+    let count = valid.float().sum().clamp_min(1.0);
+    pixel_cross_entropy(logits, targets).sum() / count
 }
 
 #[cfg(test)]
