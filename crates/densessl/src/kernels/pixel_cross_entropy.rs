@@ -23,9 +23,10 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Shape, TensorMetadata};
-use burn::tensor::{DType, IndexingUpdateOp, IntDType, Scalar, Tensor, TensorData};
+use burn::tensor::{DType, IndexingUpdateOp, IntDType, Scalar, Tensor};
 use rayon::prelude::*;
 
+use super::product_logsumexp::{tensor, use_burn_composition};
 use super::vector::{exp, with_avx2};
 
 /// Pixels per forward task: the running maxima and sums stay in L1.
@@ -97,12 +98,6 @@ fn burn_backward<B: Backend>(logits: FloatTensor<B>, targets: FloatTensor<B>, ls
     let softmax = B::float_exp(B::float_sub(logits, with_class_axis::<B>(lse)));
     let scaled = B::float_mul(softmax, grad.clone());
     B::float_scatter(1, scaled, class_indices::<B>(targets), B::float_neg(grad), IndexingUpdateOp::Add)
-}
-
-/// Whether `DENSESSL_LOSS_KERNELS=burn` asked for burn's composition.
-fn use_burn_composition() -> bool {
-    static BURN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *BURN.get_or_init(|| std::env::var("DENSESSL_LOSS_KERNELS").is_ok_and(|v| v == "burn"))
 }
 
 /// The sizes of one call.
@@ -203,10 +198,6 @@ pub fn backward(x: &[f32], targets: &[f32], lse: &[f32], grad: &[f32], p: Pixels
     out
 }
 
-fn tensor(values: Vec<f32>, dims: Vec<usize>) -> FloatTensor<Flex> {
-    FlexTensor::from_data(TensorData::new(values, dims))
-}
-
 impl PixelCrossEntropyKernels for Flex {
     fn pixel_cross_entropy(logits: FloatTensor<Self>, targets: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let Some(p) = Pixels::of(&logits, &targets) else {
@@ -285,7 +276,7 @@ pub fn pixel_cross_entropy(logits: Tensor<4>, targets: Tensor<3>) -> Tensor<3> {
 mod tests {
     use super::*;
     use burn::tensor::activation::log_softmax;
-    use burn::tensor::{Device, Distribution, Int};
+    use burn::tensor::{Device, Distribution, Int, TensorData};
 
     /// Targets in `0..k`, with about every fifth pixel ignored (−1), `[b, h, w]`.
     fn targets(dims: [usize; 3], k: usize, device: &Device) -> Tensor<3> {

@@ -119,8 +119,9 @@ fn query_gradient_from_weights<B: ProductLogSumExpKernels>(
     B::float_matmul(weights, rows)
 }
 
-/// Whether `DENSESSL_LOSS_KERNELS=burn` asked for burn's composition.
-fn use_burn_composition() -> bool {
+/// Whether `DENSESSL_LOSS_KERNELS=burn` asked for burn's composition (of this loss and of
+/// the pixel cross-entropy).
+pub(super) fn use_burn_composition() -> bool {
     static BURN: OnceLock<bool> = OnceLock::new();
     *BURN.get_or_init(|| std::env::var("DENSESSL_LOSS_KERNELS").is_ok_and(|v| v == "burn"))
 }
@@ -277,7 +278,7 @@ pub fn query_gradient(q: &[f32], r: &[f32], lse: &[f32], grad: &[f32], p: Produc
     out
 }
 
-fn tensor(values: Vec<f32>, dims: Vec<usize>) -> FloatTensor<Flex> {
+pub(super) fn tensor(values: Vec<f32>, dims: Vec<usize>) -> FloatTensor<Flex> {
     FlexTensor::from_data(TensorData::new(values, dims))
 }
 
