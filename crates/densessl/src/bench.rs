@@ -110,6 +110,7 @@ pub fn train_step(bench: &TrainStepBench, device: &DeviceSpec) -> Result<BenchRe
         }
     };
     let mut times = Vec::with_capacity(bench.steps);
+    let _warm = crate::runtime::keep_pool_warm();
     for i in 0..bench.warmup + bench.steps {
         let start = Instant::now();
         step(i)?;
