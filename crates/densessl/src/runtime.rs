@@ -75,13 +75,13 @@ fn keep_freed_memory() -> bool {
 /// futex call and, on a virtual machine, a halted vCPU to be run again: `perf sched` measured
 /// 0.57 ms from wake-up to running on the 2-core VM, and 14,446 wake-ups of the pool's other
 /// thread in a 60-step mini fine-tune, whose parallel regions are separated by short serial
-/// operations. While a `WarmPool`
-/// lives, every pool thread but the caller runs a job that takes pending work with
-/// `rayon::yield_now` as soon as it appears (the way OpenMP's threads spin between PyTorch's
-/// parallel regions) and yields to the OS scheduler between idle polls, so the data loader's
-/// thread still gets its turn. On the shared VM this was measured on, the spinning cost more
-/// than the wake-ups (the hypervisor took more of a busier VM's time), so it is off by default
-/// (docs/BENCHMARKS.md, "Attempt 15"). Dropping it stops the pollers and waits until they have.
+/// operations. While a `WarmPool` lives, every pool thread but the caller runs a job that
+/// takes pending work with `rayon::yield_now` as soon as it appears (the way OpenMP's threads
+/// spin between PyTorch's parallel regions) and yields to the OS scheduler between idle polls,
+/// so the data loader's thread still gets its turn. It made tiny steps up to 1.85× faster and
+/// the mini fine-tune ~5 %, but runs slower while the shared VM it was measured on was
+/// loaded, so it is off by default (docs/BENCHMARKS.md, "Attempt 15"). Dropping it stops the
+/// pollers and waits until they have.
 pub struct WarmPool {
     stop: Arc<AtomicBool>,
     pollers: Arc<AtomicUsize>,

@@ -278,7 +278,7 @@ fn train(config: &FinetuneConfig, options: &RunOptions, resume_from: Option<Stat
     let mut tick = Instant::now();
     // Seconds the loop waited for the loader in this log window: near 0 when input keeps up.
     let mut input_wait_s = 0.0;
-    let _warm = crate::runtime::keep_pool_warm();
+    let warm = crate::runtime::keep_pool_warm();
     for step in state.step..total {
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
         device.seed(config.seed.wrapping_add(step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -323,7 +323,7 @@ fn train(config: &FinetuneConfig, options: &RunOptions, resume_from: Option<Stat
             })?;
         }
     }
-    drop(loader);
+    drop((loader, warm));
     bar.finish();
     let path = run.checkpoint_path("model.safetensors");
     checkpoint::save(&model, &info, &path)?;

@@ -258,7 +258,7 @@ fn train(config: &PretrainConfig, options: &RunOptions, resume_from: Option<Stat
     let info = CheckpointInfo::Encoder { encoder: config.encoder.clone() };
     let checkpoints = run.root().join("checkpoints");
     let mut tick = Instant::now();
-    let _warm = crate::runtime::keep_pool_warm();
+    let warm = crate::runtime::keep_pool_warm();
     for step in state.step..total {
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
         let mut rng = step_rng(config.seed ^ 0xA11CE, step);
@@ -305,6 +305,7 @@ fn train(config: &PretrainConfig, options: &RunOptions, resume_from: Option<Stat
             })?;
         }
     }
+    drop(warm);
     bar.finish();
     let path = run.checkpoint_path("encoder.safetensors");
     checkpoint::save(&method.encoder(), &info, &path)?;
