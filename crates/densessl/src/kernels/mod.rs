@@ -337,3 +337,12 @@ pub fn conv2d_module(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         None => y,
     }
 }
+
+/// The kernels' unit tests: `got` matches `want` within `tolerance`, relative to |want| above 1.
+#[cfg(test)]
+fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= tolerance * b.abs().max(1.0), "{what}[{i}]: {a} vs {b}");
+    }
+}

@@ -275,6 +275,7 @@ pub fn pixel_cross_entropy(logits: Tensor<4>, targets: Tensor<3>) -> Tensor<3> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::assert_close;
     use burn::tensor::activation::log_softmax;
     use burn::tensor::{Device, Distribution, Int, TensorData};
 
@@ -301,13 +302,6 @@ mod tests {
         let grads = (loss.clone() * g.clone()).sum().backward();
         let values = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
         [loss.into_data().try_to_vec().unwrap(), values(x.grad(&grads).unwrap())]
-    }
-
-    fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths");
-        for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!((a - b).abs() <= tolerance * b.abs().max(1.0), "{what}[{i}]: {a} vs {b}");
-        }
     }
 
     #[test]

@@ -368,6 +368,7 @@ pub fn product_logsumexp(queries: Tensor<2>, rows: Tensor<2>) -> (Tensor<1>, Ten
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::assert_close;
     use burn::tensor::{Device, Distribution};
 
     /// The log-sum-exp, its maximum and the gradients of `Σₙ gₙ·lseₙ` (queries, rows), through
@@ -387,13 +388,6 @@ mod tests {
         let dr = if rows_grad { r.grad(&grads).unwrap().into_data().try_to_vec().unwrap() } else { vec![] };
         let values = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
         [values(lse), values(max), q.grad(&grads).unwrap().into_data().try_to_vec().unwrap(), dr]
-    }
-
-    fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths");
-        for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!((a - b).abs() <= tolerance * b.abs().max(1.0), "{what}[{i}]: {a} vs {b}");
-        }
     }
 
     #[test]
