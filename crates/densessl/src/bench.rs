@@ -110,8 +110,11 @@ pub fn train_step(bench: &TrainStepBench, device: &DeviceSpec) -> Result<BenchRe
         }
     };
     let mut times = Vec::with_capacity(bench.steps);
-    let _warm = crate::runtime::keep_pool_warm();
+    let warm = crate::runtime::keep_pool_warm();
     for i in 0..bench.warmup + bench.steps {
+        if let Some(warm) = &warm {
+            warm.tick();
+        }
         let start = Instant::now();
         step(i)?;
         if i >= bench.warmup {

@@ -1,11 +1,15 @@
 //! The warm pool (`runtime::WarmPool`): while it lives the pool's other thread takes parallel
-//! work (results unchanged), and dropping it stops that thread's polling job. One test per
-//! binary: it makes the test's thread a member of rayon's global pool, as the binary does
-//! with its main thread. Linux with glibc only: the CPU time comes from `getrusage`, through
-//! the `libc` the crate has there.
+//! work (results unchanged); it stops polling when idle and when it finds its core shared,
+//! `tick` starts it again, and dropping the guard stops it. One test per binary: it makes
+//! the test's thread a member of rayon's global pool, as the binary does with its main
+//! thread. Linux with glibc only: the CPU time comes from `getrusage`, through the `libc` the
+//! crate has there, and the shared-core check needs the thread CPU clock.
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 
 use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use densessl::runtime::WarmPool;
 use rayon::prelude::*;
@@ -46,13 +50,16 @@ fn cpu_seconds_while_sleeping(seconds: f64) -> f64 {
 }
 
 #[test]
-fn warm_pool_runs_parallel_work_and_stops_when_dropped() {
+fn warm_pool_takes_work_parks_when_idle_backs_off_when_shared_and_stops() {
     assert!(WarmPool::start().is_none(), "a thread outside the pool cannot keep it warm");
     rayon::ThreadPoolBuilder::new().num_threads(2).use_current_thread().build_global().expect("the global pool is built once");
     assert_eq!(rayon::current_thread_index(), Some(0));
 
     let warm = WarmPool::start().expect("the test's thread is in a 2-thread pool");
-    wait_until("the other thread polls", || warm.pollers() == 1);
+    wait_until("the other thread polls", || {
+        warm.tick();
+        warm.pollers() == 1
+    });
     let ran: Vec<(u64, usize)> = (0..400u64)
         .into_par_iter()
         .map(|i| {
@@ -64,17 +71,54 @@ fn warm_pool_runs_parallel_work_and_stops_when_dropped() {
     let on_other = ran.iter().filter(|r| r.1 == 1).count();
     assert!(on_other > 0, "the polling thread took none of 400 tasks of 0.25 ms");
 
-    // While this thread sleeps, the poller keeps its core busy; once dropped, the other
-    // thread parks as rayon's threads do.
-    // (Lenient bounds: a shared host's hypervisor may take a good part of a busy vCPU's time.)
-    let polling = cpu_seconds_while_sleeping(0.5);
-    assert!(polling > 0.1, "the poller used only {polling:.3} s of CPU in 0.5 s");
+    // With no work for 10 ms the poller returns and its thread parks as rayon's do.
+    wait_until("the idle poller returns", || warm.pollers() == 0);
+    let parked = cpu_seconds_while_sleeping(0.5);
+    assert!(parked < 0.1, "the pool used {parked:.3} s of CPU in 0.5 s with the poller idle");
+    wait_until("tick starts the poller again", || {
+        warm.tick();
+        warm.pollers() == 1
+    });
+
+    // Threads outside the pool that keep every core busy: the poller, fed work, finds its
+    // core shared and backs off; while the back-off lasts (1 s), `tick` starts no poller.
+    let hogging = Arc::new(AtomicBool::new(true));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..2 * cores)
+        .map(|_| {
+            let hogging = hogging.clone();
+            std::thread::spawn(move || {
+                while hogging.load(Ordering::Relaxed) {
+                    busy(1000);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while warm.backoffs() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the poller never found its core shared by {} busy threads", 2 * cores);
+        warm.tick();
+        let _: u64 = (0..64u64).into_par_iter().map(|_| busy(100)).sum();
+    }
+    wait_until("the backed-off poller returns", || warm.pollers() == 0);
+    warm.tick();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(warm.pollers(), 0, "tick started a poller during the back-off");
+    hogging.store(false, Ordering::Relaxed);
+    for hog in hogs {
+        hog.join().expect("a busy thread panicked");
+    }
+
+    // Once dropped, the other thread parks as rayon's threads do.
     drop(warm);
     let parked = cpu_seconds_while_sleeping(0.5);
     assert!(parked < 0.1, "the pool used {parked:.3} s of CPU in 0.5 s after the warm pool was dropped");
     let indices = rayon::broadcast(|thread| thread.index());
     assert_eq!(indices, vec![0, 1]);
     let again = WarmPool::start().expect("a second warm pool starts after the first stopped");
-    wait_until("the second poller starts", || again.pollers() == 1);
+    wait_until("the second poller starts", || {
+        again.tick();
+        again.pollers() == 1
+    });
     drop(again);
 }

@@ -280,6 +280,9 @@ fn train(config: &FinetuneConfig, options: &RunOptions, resume_from: Option<Stat
     let mut input_wait_s = 0.0;
     let warm = crate::runtime::keep_pool_warm();
     for step in state.step..total {
+        if let Some(warm) = &warm {
+            warm.tick();
+        }
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
         device.seed(config.seed.wrapping_add(step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let waiting = Instant::now();

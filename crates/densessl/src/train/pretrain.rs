@@ -260,6 +260,9 @@ fn train(config: &PretrainConfig, options: &RunOptions, resume_from: Option<Stat
     let mut tick = Instant::now();
     let warm = crate::runtime::keep_pool_warm();
     for step in state.step..total {
+        if let Some(warm) = &warm {
+            warm.tick();
+        }
         let lr = config.schedule.lr_at(config.optim.lr, step, total);
         let mut rng = step_rng(config.seed ^ 0xA11CE, step);
         // Device randomness (dropout) is reseeded per step too, for exact resumes.
