@@ -93,7 +93,10 @@ impl WarmPool {
         if shared.outstanding.load(Ordering::SeqCst) > 0 || shared.now_ns() < shared.resume_at_ns.load(Ordering::SeqCst) {
             return;
         }
-        shared.outstanding.fetch_add(rayon::current_num_threads() - 1, Ordering::SeqCst);
+        let others = rayon::current_num_threads() - 1;
+        if shared.outstanding.compare_exchange(0, others, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            return; // another thread's tick started them
+        }
         let (shared, caller) = (self.shared.clone(), self.caller);
         rayon::spawn_broadcast(move |thread| {
             if thread.index() != caller {
@@ -169,18 +172,25 @@ impl Shared {
                 }
             }
             let now = Instant::now();
-            if now - last_work > IDLE_LIMIT {
-                break;
-            }
-            if now - window.0 >= WINDOW {
+            // A poller kept off its core long enough also looks idle, so the share is checked
+            // before an idle return too, over the window so far where it is long enough.
+            let idle = now - last_work > IDLE_LIMIT;
+            if idle || now - window.0 >= WINDOW {
                 let cpu = thread_cpu_time();
-                if let (Some(before), Some(after)) = (window.1, cpu) {
+                if let (Some(before), Some(after)) = (window.1, cpu)
+                    && now - window.0 >= IDLE_LIMIT
+                {
                     let share = (after.saturating_sub(before)).as_secs_f64() / (now - window.0).as_secs_f64();
                     if share < MIN_CPU_SHARE {
                         self.back_off();
                         break;
                     }
-                    self.backoff_ns.store(FIRST_BACKOFF.as_nanos() as u64, Ordering::SeqCst);
+                    if !idle {
+                        self.backoff_ns.store(FIRST_BACKOFF.as_nanos() as u64, Ordering::SeqCst);
+                    }
+                }
+                if idle {
+                    break;
                 }
                 window = (now, cpu);
             }
